@@ -1,0 +1,84 @@
+"""The ``syncd`` command: one small function per subcommand.
+
+Every subcommand exits 2 on a configuration problem (one line per problem on stderr) and
+1 on any other user-facing error (one line); tracebacks are reserved for real bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from syncd import __version__
+from syncd.errors import ConfigError, SyncdError
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_CONFIG = 2
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _add_config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c", "--config", required=True, metavar="FILE", help="path to the syncd YAML config"
+    )
+
+
+# --- check-config -------------------------------------------------------------------
+
+
+def _register_check_config(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check-config", help="validate a config file and print a summary")
+    _add_config_arg(p)
+    p.set_defaults(handler=_cmd_check_config)
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from syncd.config import load_config
+
+    cfg = load_config(args.config)
+    print(f"{args.config}: OK")
+    for line in cfg.summary_lines():
+        print(f"  {line}")
+    return EXIT_OK
+
+
+# --- registry -----------------------------------------------------------------------
+
+REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _register_check_config,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="syncd", description="Capture-and-sync daemon for Viam's data-sync API."
+    )
+    parser.add_argument("--version", action="version", version=f"syncd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for register in REGISTRARS:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"syncd: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    except SyncdError as exc:
+        print(f"syncd: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
