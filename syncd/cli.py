@@ -39,6 +39,8 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     from syncd.config import load_config
 
     cfg = load_config(args.config)
+    for warning in cfg.warnings:
+        print(f"syncd: warning: {warning}", file=sys.stderr)
     print(f"{args.config}: OK")
     for line in cfg.summary_lines():
         print(f"  {line}")
