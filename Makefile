@@ -1,0 +1,44 @@
+# Developer entry points. `make run` and `make test` work on a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+VIAM_VENV := .venv-viam
+BIN := $(VENV)/bin
+VIAM_SDK := viam-sdk==0.85.1
+
+.PHONY: run test lint fmt protos bench soak clean
+
+$(BIN)/syncd: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+# Viam's own SDK lives in its own interpreter: it pins another protobuf runtime and
+# registers the same message names as syncd's generated code.
+$(VIAM_VENV)/bin/python:
+	$(PYTHON) -m venv $(VIAM_VENV)
+	$(VIAM_VENV)/bin/pip install --quiet $(VIAM_SDK)
+
+run: $(BIN)/syncd
+	$(BIN)/syncd run -c config.example.yaml
+
+test: $(BIN)/syncd $(VIAM_VENV)/bin/python
+	$(BIN)/ruff check syncd tests bench scripts
+	$(BIN)/ruff format --check syncd tests bench scripts
+	SYNCD_VIAM_PYTHON=$(CURDIR)/$(VIAM_VENV)/bin/python $(BIN)/python -m pytest -q
+
+lint: $(BIN)/syncd
+	$(BIN)/ruff check syncd tests bench scripts
+
+fmt: $(BIN)/syncd
+	$(BIN)/ruff check --fix syncd tests bench scripts
+	$(BIN)/ruff format syncd tests bench scripts
+
+protos: $(BIN)/syncd
+	$(BIN)/python scripts/gen_protos.py
+
+bench: $(BIN)/syncd
+	for script in bench/outbox.py bench/sync.py; do $(BIN)/python $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) $(VIAM_VENV) run build *.egg-info .pytest_cache .ruff_cache .hypothesis
