@@ -7,6 +7,7 @@ Every subcommand exits 2 on a configuration problem (one line per problem on std
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Sequence
 
@@ -47,10 +48,42 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- run ----------------------------------------------------------------------------
+
+
+def _register_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="watch, queue and upload until stopped")
+    _add_config_arg(p)
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="upload everything eligible now, then exit (0: done, 1: --timeout ran out)",
+    )
+    p.add_argument(
+        "--timeout", type=float, metavar="S", help="with --once: give up after S seconds"
+    )
+    p.set_defaults(handler=_cmd_run)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from syncd.config import load_config
+    from syncd.daemon import run_daemon
+    from syncd.logs import setup_logging
+
+    cfg = load_config(args.config)
+    setup_logging(cfg.log.level, cfg.log.format)
+    for warning in cfg.warnings:
+        logging.getLogger("syncd").warning("%s", warning)
+    return asyncio.run(run_daemon(cfg, once=args.once, timeout=args.timeout))
+
+
 # --- registry -----------------------------------------------------------------------
 
 REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
     _register_check_config,
+    _register_run,
 ]
 
 

@@ -21,3 +21,11 @@ class CaptureFileError(SyncdError):
 
 class OutboxError(SyncdError):
     """The outbox database cannot be opened or written."""
+
+
+class StorageLimitError(SyncdError):
+    """A write was refused: it would exceed a size limit or eat into the free-space reserve."""
+
+
+class SourceError(SyncdError):
+    """A file queued for upload can no longer be read as it was queued."""

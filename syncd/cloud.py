@@ -1,0 +1,185 @@
+"""The connection to a DataSyncService: channel, TLS, API-key auth and the three uploads.
+
+This module is the uploader's one seam to the network (:class:`UploadTransport`): tests
+and benchmarks can put any object with the same three methods in its place. It knows
+nothing of the outbox or of retry schedules; it makes one call and raises on failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Protocol
+
+from grpclib.client import Channel
+from grpclib.const import Status
+from grpclib.encoding.proto import ProtoCodec
+from grpclib.exceptions import GRPCError
+
+from syncd.gen.app.datasync.v1 import data_sync_grpc
+from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
+from syncd.gen.proto.rpc.v1 import auth_grpc, auth_pb2
+
+log = logging.getLogger("syncd.cloud")
+
+ChunkSource = Callable[[], AsyncIterator[bytes]]
+"""Makes a fresh iterator over an upload's bytes, so a retried call can start over."""
+
+
+class UploadTransport(Protocol):
+    """What the uploader needs from the network: send one upload, get the server's id."""
+
+    async def data_capture_upload(self, request: ds.DataCaptureUploadRequest | bytes) -> str:
+        """``request`` may be a message or its serialized bytes."""
+        ...
+
+    async def file_upload(self, metadata: ds.UploadMetadata, chunks: ChunkSource) -> str: ...
+
+    async def streaming_upload(
+        self, metadata: ds.DataCaptureUploadMetadata, chunks: ChunkSource
+    ) -> str: ...
+
+    async def close(self) -> None: ...
+
+
+class PassthroughCodec(ProtoCodec):
+    """The protobuf codec, except that bytes are sent as they are: requests built from
+    a capture file's serialized readings need no parse-and-serialise round trip."""
+
+    def encode(self, message, message_type) -> bytes:  # type: ignore[override]
+        if isinstance(message, (bytes, bytearray)):
+            return bytes(message)
+        return super().encode(message, message_type)
+
+
+def make_ssl_context(ca_file: Path | None = None) -> ssl.SSLContext:
+    """System CA verification (plus an optional extra CA), TLS 1.2+, ALPN h2."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    if ca_file is not None:
+        context.load_verify_locations(cafile=str(ca_file))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["h2"])
+    return context
+
+
+class CloudClient:
+    """A grpclib channel to a DataSyncService, authenticating with an API key if given.
+
+    ``call_timeout_s`` bounds a unary call, and every step (one message sent or the
+    answer received) of a streaming call, so a server that never answers frees the
+    caller without putting a ceiling on how long a big upload may take.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        tls: bool = True,
+        ca_file: Path | None = None,
+        api_key_id: str | None = None,
+        api_key: str | None = None,
+        call_timeout_s: float = 60.0,
+    ) -> None:
+        self._channel = Channel(
+            host, port, ssl=make_ssl_context(ca_file) if tls else None, codec=PassthroughCodec()
+        )
+        self._sync = data_sync_grpc.DataSyncServiceStub(self._channel)
+        self._auth = auth_grpc.AuthServiceStub(self._channel)
+        self._key_id = api_key_id
+        self._key = api_key
+        self._timeout = call_timeout_s
+        self._token: str | None = None
+        self._auth_lock = asyncio.Lock()
+        self.address = f"{host}:{port}"
+
+    async def close(self) -> None:
+        self._channel.close()
+
+    # --- auth ---------------------------------------------------------------------
+
+    async def _metadata(self, renew_from: str | None = None) -> dict[str, str] | None:
+        """The bearer metadata, authenticating first (or again) when needed."""
+        if self._key is None:
+            return None
+        async with self._auth_lock:
+            # Renew only if nobody else renewed since the caller saw the token fail.
+            if self._token is None or self._token == renew_from:
+                request = auth_pb2.AuthenticateRequest(
+                    entity=self._key_id or "",
+                    credentials=auth_pb2.Credentials(type="api-key", payload=self._key),
+                )
+                response = await self._auth.Authenticate(request, timeout=self._timeout)
+                self._token = response.access_token
+                log.debug("authenticated with API key %s", self._key_id)
+            return {"authorization": f"Bearer {self._token}"}
+
+    async def _with_auth(self, call: Callable[[dict[str, str] | None], object]):
+        """Run ``call(metadata)``; on UNAUTHENTICATED renew the token once and retry."""
+        metadata = await self._metadata()
+        try:
+            return await call(metadata)  # type: ignore[misc]
+        except GRPCError as exc:
+            if exc.status is not Status.UNAUTHENTICATED or self._key is None:
+                raise
+            stale = metadata["authorization"].removeprefix("Bearer ") if metadata else None
+            log.info("access token refused by the server; authenticating again")
+            metadata = await self._metadata(renew_from=stale)
+            return await call(metadata)  # type: ignore[misc]
+
+    # --- uploads ------------------------------------------------------------------
+
+    async def data_capture_upload(self, request: ds.DataCaptureUploadRequest | bytes) -> str:
+        async def call(metadata):
+            response = await self._sync.DataCaptureUpload(
+                request, timeout=self._timeout, metadata=metadata
+            )
+            return response.binary_data_id or response.file_id
+
+        return await self._with_auth(call)
+
+    async def file_upload(self, metadata: ds.UploadMetadata, chunks: ChunkSource) -> str:
+        first = ds.FileUploadRequest(metadata=metadata)
+
+        def wrap(chunk: bytes) -> ds.FileUploadRequest:
+            return ds.FileUploadRequest(file_contents=ds.FileData(data=chunk))
+
+        response = await self._with_auth(
+            lambda md: self._stream(self._sync.FileUpload, md, first, chunks, wrap)
+        )
+        return response.binary_data_id or response.file_id
+
+    async def streaming_upload(
+        self, metadata: ds.DataCaptureUploadMetadata, chunks: ChunkSource
+    ) -> str:
+        first = ds.StreamingDataCaptureUploadRequest(metadata=metadata)
+
+        def wrap(chunk: bytes) -> ds.StreamingDataCaptureUploadRequest:
+            return ds.StreamingDataCaptureUploadRequest(data=chunk)
+
+        response = await self._with_auth(
+            lambda md: self._stream(self._sync.StreamingDataCaptureUpload, md, first, chunks, wrap)
+        )
+        return response.binary_data_id or response.file_id
+
+    async def _stream(self, method, metadata, first, chunks: ChunkSource, wrap):
+        """Client-streaming call: metadata message, then one message per chunk."""
+        timeout = self._timeout
+        async with method.open(metadata=metadata) as stream:
+            async with asyncio.timeout(timeout):
+                await stream.send_message(first)
+            async for chunk in chunks():
+                # send_message waits for HTTP/2 flow control, which bounds memory.
+                async with asyncio.timeout(timeout):
+                    await stream.send_message(wrap(chunk))
+            async with asyncio.timeout(timeout):
+                await stream.end()
+                response = await stream.recv_message()
+            if response is None:  # the server closed without a message: read its status
+                async with asyncio.timeout(timeout):
+                    await stream.recv_trailing_metadata()
+                raise GRPCError(Status.UNKNOWN, "server sent no response")
+            return response

@@ -1,0 +1,188 @@
+"""Pure mapping from what the robot has to what Viam's DataSyncService expects.
+
+Mirrors how Viam's robot server builds its requests: metadata from the capture-file
+header plus the configured part id, tags merged from the header, the config and the
+folders; binary readings over 1,000,000 bytes go by the streaming RPC. No I/O here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from google.protobuf import struct_pb2, timestamp_pb2
+
+from syncd.capture_file import encode_uvarint
+from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
+
+# Viam's robot server streams binary readings above this size (units.MB in Go).
+MAX_UNARY_BINARY_BYTES = 1_000_000
+
+# What an extension becomes when a reading carries the deprecated MimeType enum.
+_MIME_EXTENSIONS = {
+    ds.MIME_TYPE_IMAGE_JPEG: ".jpeg",
+    ds.MIME_TYPE_IMAGE_PNG: ".png",
+    ds.MIME_TYPE_APPLICATION_PCD: ".pcd",
+}
+
+
+@dataclass(frozen=True)
+class Stream:
+    """Everything one request's UploadMetadata says about its readings."""
+
+    component_type: str
+    component_name: str
+    method_name: str
+    data_type: int
+    tags: tuple[str, ...] = ()
+    dataset_ids: tuple[str, ...] = ()
+    file_extension: str = ""
+    mime_type: str = ""
+
+
+def merge_tags(*groups: Iterable[str]) -> list[str]:
+    """Tags from every source, first occurrence wins, empty ones dropped."""
+    return list(dict.fromkeys(tag for group in groups for tag in group if tag))
+
+
+def with_dot(extension: str) -> str:
+    return extension if not extension or extension.startswith(".") else "." + extension
+
+
+def upload_metadata(
+    part_id: str, stream: Stream, extra_tags: Iterable[str] = ()
+) -> ds.UploadMetadata:
+    return ds.UploadMetadata(
+        part_id=part_id,
+        component_type=stream.component_type,
+        component_name=stream.component_name,
+        method_name=stream.method_name,
+        type=stream.data_type,
+        file_extension=with_dot(stream.file_extension),
+        tags=merge_tags(stream.tags, extra_tags),
+        dataset_ids=list(stream.dataset_ids),
+        mime_type=stream.mime_type,
+    )
+
+
+def header_metadata(
+    header: ds.DataCaptureMetadata,
+    part_id: str,
+    extra_tags: Iterable[str] = (),
+    dataset_ids: Sequence[str] = (),
+) -> ds.UploadMetadata:
+    """UploadMetadata for the readings of a capture file, as Viam's robot server sends."""
+    md = ds.UploadMetadata(
+        part_id=part_id,
+        component_type=header.component_type,
+        component_name=header.component_name,
+        method_name=header.method_name,
+        type=header.type,
+        file_extension=header.file_extension,
+        tags=merge_tags(header.tags, extra_tags),
+        dataset_ids=list(dataset_ids),
+        mime_type=header.mime_type,
+    )
+    for key, value in header.method_parameters.items():
+        md.method_parameters[key].CopyFrom(value)
+    return md
+
+
+def for_binary_reading(md: ds.UploadMetadata, sensor: ds.SensorMetadata) -> ds.UploadMetadata:
+    """A reading's deprecated MIME enum overrides the extension (as Viam's robot does)."""
+    extension = _MIME_EXTENSIONS.get(sensor.mime_type)
+    if extension is None or extension == md.file_extension:
+        return md
+    copy = ds.UploadMetadata()
+    copy.CopyFrom(md)
+    copy.file_extension = extension
+    return copy
+
+
+def file_metadata(
+    path: str,
+    st: os.stat_result,
+    part_id: str,
+    tags: Iterable[str] = (),
+    dataset_ids: Sequence[str] = (),
+) -> ds.UploadMetadata:
+    """FileUpload metadata for an arbitrary file: its absolute path, extension and times."""
+    md = ds.UploadMetadata(
+        part_id=part_id,
+        type=ds.DATA_TYPE_FILE,
+        file_name=path,
+        file_extension=os.path.splitext(path)[1],
+        tags=merge_tags(tags),
+        dataset_ids=list(dataset_ids),
+    )
+    # Linux has no portable birth time; the inode change time is its closest bound.
+    created = min(st.st_ctime_ns, st.st_mtime_ns)
+    md.file_create_time.CopyFrom(timestamp_from_ns(created))
+    md.file_modify_time.CopyFrom(timestamp_from_ns(st.st_mtime_ns))
+    return md
+
+
+def timestamp_from_ns(ns: int) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
+
+
+def sensor_metadata(time_requested_ns: int, time_received_ns: int) -> ds.SensorMetadata:
+    return ds.SensorMetadata(
+        time_requested=timestamp_from_ns(time_requested_ns),
+        time_received=timestamp_from_ns(time_received_ns),
+    )
+
+
+def tabular_reading(
+    payload_json: bytes | str, time_requested_ns: int, time_received_ns: int
+) -> ds.SensorData:
+    """A SensorData with a Struct from a reading stored as a JSON object."""
+    data = struct_pb2.Struct()
+    data.update(json.loads(payload_json))
+    return ds.SensorData(metadata=sensor_metadata(time_requested_ns, time_received_ns), struct=data)
+
+
+def binary_reading(payload: bytes, time_requested_ns: int, time_received_ns: int) -> ds.SensorData:
+    return ds.SensorData(
+        metadata=sensor_metadata(time_requested_ns, time_received_ns), binary=payload
+    )
+
+
+def encode_request(metadata: bytes, readings: Sequence[bytes]) -> bytes:
+    """A serialized DataCaptureUploadRequest (metadata = 1, sensor_contents = 2) built from
+    already serialized parts, byte-identical to what protobuf would produce."""
+    parts = [b"\x0a", encode_uvarint(len(metadata)), metadata]
+    for raw in readings:
+        parts += (b"\x12", encode_uvarint(len(raw)), raw)
+    return b"".join(parts)
+
+
+def _varint_len(n: int) -> int:
+    return max(1, (n.bit_length() + 6) // 7)
+
+
+def field_size(payload_len: int) -> int:
+    """Bytes a length-delimited field with a one-byte tag takes on the wire."""
+    return 1 + _varint_len(payload_len) + payload_len
+
+
+def batches(
+    sizes: Iterable[int], *, max_count: int, max_bytes: int, overhead: int = 0
+) -> Iterator[tuple[int, int]]:
+    """Split items of the given serialized sizes into [start, end) ranges whose request
+    (``overhead`` plus each item as a repeated field) stays within the bounds. An item
+    too big on its own still goes, alone: the caller decides what to do with it."""
+    start = count = 0
+    total = overhead
+    index = -1
+    for index, size in enumerate(sizes):
+        cost = field_size(size)
+        if count and (count >= max_count or total + cost > max_bytes):
+            yield start, index
+            start, count, total = index, 0, overhead
+        count += 1
+        total += cost
+    if count:
+        yield start, index + 1

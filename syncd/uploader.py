@@ -1,0 +1,499 @@
+"""Draining the outbox: claiming work, building requests, retrying, acknowledging.
+
+One dispatcher claims work from the outbox while a slot is free (``sync.concurrency``)
+and runs each unit in its own task; an item waiting out its backoff sits in the outbox,
+holding no slot. Failures are sorted by :func:`syncd.retry.classify`: retried later with
+the schedule kept in the outbox, paused for everyone behind the connectivity gate, or
+turned into dead letters with the server's reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from syncd import mapping
+from syncd.capture_file import CaptureReader, ReadingRecord
+from syncd.cloud import UploadTransport
+from syncd.config import Config
+from syncd.errors import CaptureFileError, SourceError
+from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
+from syncd.outbox import AsyncOutbox, ClaimedFile, ClaimedReading, FileItem
+from syncd.retry import Connectivity, Verdict, backoff_delay, classify, describe
+
+log = logging.getLogger("syncd.uploader")
+
+# Claims are held by this process only (the daemon releases them all at start), so the
+# lease is a backstop for a wedged task, long enough for a slow big upload.
+LEASE_S = 6 * 3600.0
+# Room left in a request for its metadata when batching readings by bytes.
+METADATA_ALLOWANCE = 64 * 1024
+# How often to look for readings that other processes (robot programs) enqueued.
+OTHER_WRITERS_POLL_S = 0.5
+# Uploads running longer than this report their progress.
+PROGRESS_LOG_S = 30.0
+
+
+@dataclass
+class Stats:
+    """Running totals, read by the daemon's summary line and metrics."""
+
+    files: int = 0
+    readings: int = 0
+    bytes: int = 0
+    retries: int = 0
+    dead_letters: int = 0
+
+    def count_file(self, nbytes: int) -> None:
+        self.files += 1
+        self.bytes += nbytes
+
+    def count_readings(self, n: int, nbytes: int) -> None:
+        self.readings += n
+        self.bytes += nbytes
+
+
+class Uploader:
+    """Uploads everything the outbox holds through ``transport``, until cancelled.
+
+    ``on_file_done(path)`` is called after a source file was uploaded and removed (or
+    kept), so the watcher can forget it. ``throttle(nbytes)`` is awaited before bytes go
+    out, for a bandwidth cap; ``clock`` gives wall time (the outbox's schedule).
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        outbox: AsyncOutbox,
+        transport: UploadTransport,
+        *,
+        target: str = "server",
+        clock: Callable[[], float] = time.time,
+        on_file_done: Callable[[str], None] | None = None,
+        throttle: Callable[[int], object] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.outbox = outbox
+        self.transport = transport
+        self.target = target
+        self.clock = clock
+        self.stats = Stats()
+        self.connectivity = Connectivity(cfg.sync.retry_initial_s, min(cfg.sync.retry_max_s, 60.0))
+        self._on_file_done = on_file_done or (lambda path: None)
+        self._throttle = throttle
+        self._slots = asyncio.Semaphore(cfg.sync.concurrency)
+        self._wake = asyncio.Event()
+        self._files_first = True
+        self._active = 0
+        self._paused = False
+
+    # --- scheduling ------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """New work may be due (the watcher enqueued something)."""
+        self._wake.set()
+
+    @property
+    def busy(self) -> bool:
+        return self._active > 0
+
+    def pause(self, paused: bool) -> None:
+        """Stop taking new work (in-flight uploads finish), or start again."""
+        self._paused = paused
+        if not paused:
+            self.wake()
+
+    async def run(self) -> None:
+        """Dispatch work until cancelled."""
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._watch_other_writers())
+            while True:
+                await self.connectivity.wait()
+                await self._slots.acquire()
+                work = None if self._paused else await self._claim()
+                if work is None:
+                    self._slots.release()
+                    await self._sleep_until_due()
+                    continue
+                self._active += 1
+                tasks.create_task(self._run_unit(work))
+
+    async def _claim(self) -> ClaimedFile | list[ClaimedReading] | None:
+        self._files_first = not self._files_first  # alternate, so neither kind starves
+        for files in (self._files_first, not self._files_first):
+            if files:
+                claimed = await self.outbox.claim_files(1, LEASE_S, now=self.clock())
+                if claimed:
+                    return claimed[0]
+            else:
+                readings = await self.outbox.claim_readings(
+                    self.cfg.sync.batch_max_readings,
+                    self.cfg.sync.max_request_bytes - METADATA_ALLOWANCE,
+                    LEASE_S,
+                    now=self.clock(),
+                )
+                if readings:
+                    return readings
+        return None
+
+    async def _sleep_until_due(self) -> None:
+        due = None if self._paused else await self.outbox.next_due_at()
+        timeout = None if due is None else max(0.0, due - self.clock()) + 0.01
+        self._wake.clear()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+
+    async def _watch_other_writers(self) -> None:
+        """Wake up when another process (a robot program) committed to the outbox."""
+        seen = await self.outbox.data_version()
+        while True:
+            await asyncio.sleep(OTHER_WRITERS_POLL_S)
+            version = await self.outbox.data_version()
+            if version != seen:
+                seen = version
+                self.wake()
+
+    # --- one unit of work ------------------------------------------------------------
+
+    async def _run_unit(self, work: ClaimedFile | list[ClaimedReading]) -> None:
+        try:
+            if isinstance(work, list):
+                await self._guard(
+                    self._upload_readings(work),
+                    [r.id for r in work],
+                    work[0].attempts,
+                    _stream_name(work[0]),
+                )
+            else:
+                await self._guard(self._upload_file(work), [work.id], work.attempts, work.path)
+        finally:
+            self._active -= 1
+            self._slots.release()
+            self.wake()
+
+    async def _guard(self, upload, ids: list[int], attempts: int, source: str) -> None:
+        """Run one upload and file its outcome; nothing escapes except cancellation."""
+        try:
+            await upload
+            self.connectivity.succeeded(self.target)
+        except asyncio.CancelledError:
+            raise
+        except CaptureFileError as exc:
+            await self._dead_letter(ids, source, str(exc))
+        except Exception as exc:
+            verdict = classify(exc)
+            reason = describe(exc)
+            now = self.clock()
+            if isinstance(exc, SourceError):
+                verdict = Verdict.RETRY
+            if verdict is Verdict.OFFLINE:
+                self.connectivity.failed(reason, self.target)
+                await self.outbox.nack(ids, reason, now)
+            elif verdict is Verdict.RETRY:
+                self.connectivity.succeeded(self.target)
+                delay = backoff_delay(
+                    attempts, self.cfg.sync.retry_initial_s, self.cfg.sync.retry_max_s
+                )
+                self.stats.retries += 1
+                log.info("upload of %s failed (%s); retrying in %.0f s", source, reason, delay)
+                await self.outbox.nack(ids, reason, now + delay)
+            else:
+                self.connectivity.succeeded(self.target)
+                await self._dead_letter(ids, source, reason)
+
+    async def _dead_letter(self, ids: list[int], source: str, reason: str) -> None:
+        self.stats.dead_letters += len(ids)
+        log.warning("dead letter: %s: %s (see `syncd failed list`)", source, reason)
+        await self.outbox.dead_letter(ids, reason)
+
+    async def _call(self, make_call: Callable[[], object]):
+        """One upload call, with quick in-call retries for transient server errors."""
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(self.cfg.sync.call_attempts),
+            wait=wait_exponential_jitter(initial=0.2, max=2.0),
+            retry=retry_if_exception(lambda e: classify(e) is Verdict.RETRY),
+            reraise=True,
+        ):
+            with attempt:
+                return await make_call()  # type: ignore[misc]
+
+    async def _spend(self, nbytes: int) -> None:
+        if self._throttle is not None:
+            await self._throttle(nbytes)  # type: ignore[misc]
+
+    # --- readings pushed by robot programs --------------------------------------------
+
+    async def _upload_readings(self, readings: list[ClaimedReading]) -> None:
+        first = readings[0]
+        stream = mapping.Stream(
+            component_type=first.component_type,
+            component_name=first.component_name,
+            method_name=first.method_name,
+            data_type=ds.DATA_TYPE_TABULAR_SENSOR
+            if first.kind == "tabular"
+            else ds.DATA_TYPE_BINARY_SENSOR,
+            tags=tuple(first.tags),
+            file_extension=first.file_extension,
+            mime_type=first.mime_type,
+        )
+        md = mapping.upload_metadata(self.cfg.part_id, stream, self.cfg.sync.tags)
+        if first.kind == "tabular":
+            contents = [
+                mapping.tabular_reading(r.payload, r.time_requested_ns, r.time_received_ns)
+                for r in readings
+            ]
+            request = ds.DataCaptureUploadRequest(metadata=md, sensor_contents=contents)
+            size = request.ByteSize()
+            await self._spend(size)
+            await self._call(lambda: self.transport.data_capture_upload(request))
+            await self.outbox.ack([r.id for r in readings])
+            self.stats.count_readings(len(readings), size)
+            return
+        for reading in readings:  # binary: one reading per request, as Viam's clients do
+            sensor = mapping.binary_reading(
+                reading.payload, reading.time_requested_ns, reading.time_received_ns
+            )
+            await self._send_binary(md, sensor, reading.payload)
+            await self.outbox.ack([reading.id])
+            self.stats.count_readings(1, len(reading.payload))
+
+    async def _send_binary(
+        self, md: ds.UploadMetadata, sensor: ds.SensorData, payload: bytes
+    ) -> None:
+        """One binary reading: unary up to 1,000,000 bytes, streamed above (as Viam does)."""
+        md = mapping.for_binary_reading(md, sensor.metadata)
+        await self._spend(len(payload))
+        if len(payload) <= mapping.MAX_UNARY_BINARY_BYTES:
+            request = ds.DataCaptureUploadRequest(metadata=md, sensor_contents=[sensor])
+            await self._call(lambda: self.transport.data_capture_upload(request))
+            return
+        header = ds.DataCaptureUploadMetadata(upload_metadata=md, sensor_metadata=sensor.metadata)
+        chunk = self.cfg.sync.chunk_bytes
+
+        async def chunks() -> AsyncIterator[bytes]:
+            view = memoryview(payload)
+            for start in range(0, len(view), chunk):
+                yield bytes(view[start : start + chunk])
+
+        await self._call(lambda: self.transport.streaming_upload(header, chunks))
+
+    # --- files -------------------------------------------------------------------------
+
+    async def _upload_file(self, item: ClaimedFile) -> None:
+        try:
+            st = await asyncio.to_thread(os.stat, item.path)
+        except FileNotFoundError:
+            log.warning("%s vanished before it was uploaded; dropping it from the queue", item.path)
+            await self.outbox.drop([item.id])
+            self._on_file_done(item.path)
+            return
+        if (st.st_size, st.st_mtime_ns) != (item.size, item.mtime_ns):
+            await self._requeue_changed(item, st)
+            return
+        started = time.monotonic()
+        if item.kind == "file":
+            nbytes = await self._upload_arbitrary(item, st)
+        else:
+            nbytes = await self._upload_capture(item)
+        await self._finish_file(item, nbytes, time.monotonic() - started)
+
+    async def _requeue_changed(self, item: ClaimedFile, st: os.stat_result) -> None:
+        """The file is not what was queued: queue it again as it is now."""
+        log.info("%s changed since it was queued; queueing it again", item.path)
+        await self.outbox.nack(
+            [item.id], "changed on disk", self.clock() + self.cfg.sync.file_quiet_period_s
+        )
+        await self.outbox.enqueue_files(
+            [FileItem(item.path, item.kind, st.st_size, st.st_mtime_ns, dict(item.meta))]
+        )
+
+    async def _finish_file(self, item: ClaimedFile, nbytes: int, elapsed: float) -> None:
+        try:
+            st = await asyncio.to_thread(os.stat, item.path)
+        except FileNotFoundError:
+            st = None  # removed after we read all of it: what we sent is what it held
+        if st is not None and (st.st_size, st.st_mtime_ns) != (item.size, item.mtime_ns):
+            # Never acknowledge new content as uploaded: send it again.
+            await self._requeue_changed(item, st)
+            return
+        if self.cfg.sync.delete_after_upload or item.kind == "prog":
+            if st is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    await asyncio.to_thread(os.unlink, item.path)
+            await self.outbox.ack([item.id])
+        else:
+            await self.outbox.ack_file_keep(item.id, item.path, item.size, item.mtime_ns)
+        self.stats.count_file(nbytes if item.kind == "file" else 0)
+        self._on_file_done(item.path)
+        rate = nbytes / elapsed / 1e6 if elapsed > 0 else 0.0
+        log.debug("uploaded %s (%d bytes, %.1f MB/s)", item.path, nbytes, rate)
+
+    def _file_chunks(
+        self, path: str, size: int, offset: int = 0
+    ) -> Callable[[], AsyncIterator[bytes]]:
+        """A re-startable reader of ``size`` bytes of ``path`` from ``offset``, in chunks,
+        reporting progress of long uploads."""
+        chunk = self.cfg.sync.chunk_bytes
+
+        async def chunks() -> AsyncIterator[bytes]:
+            started = last_log = time.monotonic()
+            sent = 0
+            try:
+                f = await asyncio.to_thread(open, path, "rb", buffering=0)
+            except OSError as exc:
+                raise SourceError(f"{path}: cannot read: {exc.strerror}") from None
+            try:
+                if offset:
+                    f.seek(offset)
+                while sent < size:
+                    try:
+                        data = await asyncio.to_thread(f.read, min(chunk, size - sent))
+                    except OSError as exc:
+                        raise SourceError(f"{path}: read failed: {exc.strerror}") from None
+                    if not data:
+                        raise SourceError(f"{path}: shrank while being uploaded")
+                    sent += len(data)
+                    await self._spend(len(data))
+                    yield data
+                    now = time.monotonic()
+                    if now - last_log >= PROGRESS_LOG_S:
+                        last_log = now
+                        log.info(
+                            "uploading %s: %.0f%% (%d of %d bytes, %.1f MB/s)",
+                            path,
+                            100 * sent / size,
+                            sent,
+                            size,
+                            sent / (now - started) / 1e6,
+                        )
+            finally:
+                f.close()
+
+        return chunks
+
+    async def _upload_arbitrary(self, item: ClaimedFile, st: os.stat_result) -> int:
+        meta = item.meta
+        md = mapping.file_metadata(
+            item.path,
+            st,
+            self.cfg.part_id,
+            tags=mapping.merge_tags(self.cfg.sync.tags, meta.get("tags", ())),
+            dataset_ids=meta.get("dataset_ids", ()),
+        )
+        chunks = self._file_chunks(item.path, item.size)
+        await self._call(lambda: self.transport.file_upload(md, chunks))
+        return item.size
+
+    async def _upload_capture(self, item: ClaimedFile) -> int:
+        """Upload a capture file's readings: tabular in batches, binary one by one."""
+        reader = await asyncio.to_thread(CaptureReader, item.path)
+        try:
+            header = reader.header
+            md = mapping.header_metadata(
+                header,
+                self.cfg.part_id,
+                mapping.merge_tags(self.cfg.sync.tags, item.meta.get("tags", ())),
+                item.meta.get("dataset_ids", ()),
+            )
+            records = iter(reader)
+            if header.type == ds.DATA_TYPE_BINARY_SENSOR:
+                nbytes = await self._upload_binary_records(md, records)
+            else:
+                nbytes = await self._upload_tabular_records(md, records)
+        finally:
+            reader.close()
+        if reader.tail_error:
+            log.warning(
+                "%s: uploaded the readings before a damaged tail; dropped %d bytes: %s",
+                item.path,
+                reader.dropped_bytes,
+                reader.tail_error,
+            )
+        return nbytes
+
+    async def _upload_tabular_records(
+        self, md: ds.UploadMetadata, records: Iterator[ReadingRecord]
+    ) -> int:
+        md_bytes = md.SerializeToString()
+        overhead = mapping.field_size(len(md_bytes))
+        batcher = _Batcher(
+            records, self.cfg.sync.batch_max_readings, self.cfg.sync.max_request_bytes, overhead
+        )
+        total = 0
+        while batch := await asyncio.to_thread(batcher.next_batch):
+            if any(r.data_field == "binary" for r in batch):
+                raise CaptureFileError("a tabular capture file holds binary readings")
+            # Readings go out as read from the file, without parsing and serialising again.
+            request = mapping.encode_request(md_bytes, [r.raw for r in batch])
+            await self._spend(len(request))
+            await self._call(lambda request=request: self.transport.data_capture_upload(request))
+            total += len(request)
+            self.stats.count_readings(len(batch), len(request))
+        return total
+
+    async def _upload_binary_records(
+        self, md: ds.UploadMetadata, records: Iterator[ReadingRecord]
+    ) -> int:
+        total = 0
+        while (record := await asyncio.to_thread(next, records, None)) is not None:
+            if record.data_field != "binary":
+                raise CaptureFileError("a binary capture file holds tabular readings")
+            if record.is_streamed:
+                reading_md = mapping.for_binary_reading(md, record.metadata)
+                header = ds.DataCaptureUploadMetadata(
+                    upload_metadata=reading_md, sensor_metadata=record.metadata
+                )
+                chunks = self._file_chunks(record.path, record.binary_length, record.binary_offset)
+                await self._call(
+                    lambda header=header, chunks=chunks: self.transport.streaming_upload(
+                        header, chunks
+                    )
+                )
+                nbytes = record.binary_length
+            else:
+                sensor = record.sensor_data
+                await self._send_binary(md, sensor, sensor.binary)
+                nbytes = len(sensor.binary)
+            total += nbytes
+            self.stats.count_readings(1, nbytes)
+        return total
+
+
+class _Batcher:
+    """Groups a capture file's readings into requests within the count and byte limits,
+    holding back the reading that did not fit for the next request."""
+
+    def __init__(self, records: Iterator[ReadingRecord], max_count: int, limit: int, overhead: int):
+        self._records = records
+        self._max_count = max_count
+        self._limit = limit
+        self._overhead = overhead
+        self._held: ReadingRecord | None = None
+
+    def next_batch(self) -> list[ReadingRecord]:
+        batch: list[ReadingRecord] = []
+        total = self._overhead
+        while True:
+            record, self._held = self._held or next(self._records, None), None
+            if record is None:
+                return batch
+            cost = mapping.field_size(record.length)
+            if batch and (len(batch) >= self._max_count or total + cost > self._limit):
+                self._held = record
+                return batch
+            batch.append(record)  # a reading too big on its own still goes, alone
+            total += cost
+
+
+def _stream_name(reading: ClaimedReading) -> str:
+    return f"{reading.component_type}/{reading.component_name}/{reading.method_name}"
