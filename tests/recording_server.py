@@ -1,0 +1,133 @@
+"""A real DataSyncService + AuthService on loopback that records every upload, with
+knobs to fail calls the way a real server or network does. Test support only."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from grpclib.server import Server
+
+from syncd.gen.app.datasync.v1 import data_sync_grpc
+from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
+from syncd.gen.proto.rpc.v1 import auth_grpc, auth_pb2
+
+
+@dataclass
+class Upload:
+    rpc: str
+    metadata: ds.UploadMetadata
+    readings: list[ds.SensorData] = field(default_factory=list)
+    payload: bytes = b""
+    sensor_metadata: ds.SensorMetadata | None = None
+    chunks: int = 0
+    authorization: str | None = None
+
+
+class RecordingServer(data_sync_grpc.DataSyncServiceBase, auth_grpc.AuthServiceBase):
+    """Records uploads in ``uploads``. ``unavailable`` calls fail with UNAVAILABLE first;
+    ``reject(upload)`` returning a message fails that upload with INVALID_ARGUMENT."""
+
+    def __init__(self, api_key_id: str | None = None, api_key: str | None = None) -> None:
+        self.uploads: list[Upload] = []
+        self.auth_calls: list[auth_pb2.AuthenticateRequest] = []
+        self.calls = 0
+        self.unavailable = 0
+        self.reject: Callable[[Upload], str | None] = lambda upload: None
+        self.delay_s = 0.0
+        self._key_id = api_key_id
+        self._key = api_key
+        self._tokens: set[str] = set()
+        self._server: Server | None = None
+        self.port = 0
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1") -> RecordingServer:
+        self._server = Server([self])
+        await self._server.start(host, 0)
+        self.port = self._server._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def __aenter__(self) -> RecordingServer:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def __mapping__(self):
+        return {
+            **data_sync_grpc.DataSyncServiceBase.__mapping__(self),
+            **auth_grpc.AuthServiceBase.__mapping__(self),
+        }
+
+    def revoke_tokens(self) -> None:
+        self._tokens.clear()
+
+    # --- behaviour ---------------------------------------------------------------------
+
+    async def Authenticate(self, stream) -> None:
+        request = await stream.recv_message()
+        self.auth_calls.append(request)
+        if (request.entity, request.credentials.payload) != (self._key_id, self._key):
+            raise GRPCError(Status.UNAUTHENTICATED, "bad credentials")
+        token = secrets.token_hex(8)
+        self._tokens.add(token)
+        await stream.send_message(auth_pb2.AuthenticateResponse(access_token=token))
+
+    async def _admit(self, stream, upload: Upload) -> None:
+        self.calls += 1
+        upload.authorization = stream.metadata.get("authorization")
+        if self._key is not None:
+            token = (upload.authorization or "").removeprefix("Bearer ")
+            if token not in self._tokens:
+                raise GRPCError(Status.UNAUTHENTICATED, "invalid token")
+        if self.unavailable > 0:
+            self.unavailable -= 1
+            raise GRPCError(Status.UNAVAILABLE, "try again later")
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        message = self.reject(upload)
+        if message:
+            raise GRPCError(Status.INVALID_ARGUMENT, message)
+        self.uploads.append(upload)
+
+    async def DataCaptureUpload(self, stream) -> None:
+        request = await stream.recv_message()
+        upload = Upload("DataCaptureUpload", request.metadata, list(request.sensor_contents))
+        await self._admit(stream, upload)
+        await stream.send_message(
+            ds.DataCaptureUploadResponse(file_id="f", binary_data_id=f"id{len(self.uploads)}")
+        )
+
+    async def FileUpload(self, stream) -> None:
+        first = await stream.recv_message()
+        upload = Upload("FileUpload", first.metadata)
+        parts = []
+        async for message in stream:
+            parts.append(message.file_contents.data)
+        upload.payload, upload.chunks = b"".join(parts), len(parts)
+        await self._admit(stream, upload)
+        await stream.send_message(ds.FileUploadResponse(binary_data_id=f"id{len(self.uploads)}"))
+
+    async def StreamingDataCaptureUpload(self, stream) -> None:
+        first = await stream.recv_message()
+        upload = Upload("StreamingDataCaptureUpload", first.metadata.upload_metadata)
+        upload.sensor_metadata = first.metadata.sensor_metadata
+        parts = []
+        async for message in stream:
+            parts.append(message.data)
+        upload.payload, upload.chunks = b"".join(parts), len(parts)
+        await self._admit(stream, upload)
+        await stream.send_message(
+            ds.StreamingDataCaptureUploadResponse(binary_data_id=f"id{len(self.uploads)}")
+        )
