@@ -79,11 +79,48 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(run_daemon(cfg, once=args.once, timeout=args.timeout))
 
 
+# --- sink ---------------------------------------------------------------------------
+
+
+def _register_sink(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sink",
+        help="run a Viam-compatible data-sync receiver that stores uploads on disk",
+        description="Serve Viam's DataSyncService and AuthService and store every upload "
+        "under --store. Flags override the config file. Stops on SIGTERM or SIGINT.",
+    )
+    p.add_argument("-c", "--config", metavar="FILE", help="sink YAML config (optional)")
+    p.add_argument("--listen", metavar="HOST:PORT", help="address to serve on; port 0 picks one")
+    p.add_argument("--store", metavar="DIR", help="folder to store uploads in")
+    p.add_argument("--api-key-id", metavar="ID", help="require this API key id")
+    p.add_argument("--api-key", metavar="KEY", help="require this API key (see --api-key-file)")
+    p.add_argument("--api-key-file", metavar="FILE", help="read the API key from FILE")
+    for flag, what in (
+        ("--max-message-bytes", "largest gRPC message (default 64MiB)"),
+        ("--max-upload-bytes", "largest upload (default 10GiB)"),
+        ("--min-free-bytes", "free space to keep on the store (default 64MiB)"),
+    ):
+        p.add_argument(flag, metavar="N", help=what)
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(handler=_cmd_sink)
+
+
+def _cmd_sink(args: argparse.Namespace) -> int:
+    from syncd.logs import setup_logging
+    from syncd.sink import run_sink
+    from syncd.sink_config import KEYS, load_sink_config
+
+    cfg = load_sink_config(args.config, {key: getattr(args, key, None) for key in KEYS})
+    setup_logging(cfg.log_level)
+    return run_sink(cfg)
+
+
 # --- registry -----------------------------------------------------------------------
 
 REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
     _register_check_config,
     _register_run,
+    _register_sink,
 ]
 
 
