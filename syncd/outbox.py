@@ -286,6 +286,11 @@ class OutboxCounts:
     readings_inflight: int
     readings_failed: int
 
+    @classmethod
+    def zero(cls) -> OutboxCounts:
+        """The counts of an empty outbox."""
+        return cls(0, 0, 0, 0, 0, 0, None, 0, 0, 0, 0, 0, 0)
+
     def as_dict(self) -> dict[str, Any]:
         """A plain dict, e.g. for JSON output."""
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -437,6 +442,11 @@ class Outbox:
     def path(self) -> Path:
         """The database file."""
         return self._dir / schema.DB_NAME
+
+    @staticmethod
+    def exists(state_dir: str | Path) -> bool:
+        """Whether ``state_dir`` holds an outbox (opening one creates it)."""
+        return (Path(state_dir) / schema.DB_NAME).exists()
 
     def close(self) -> None:
         """Close the database; readings still buffered by an open ``batch()`` are lost."""
