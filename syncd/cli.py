@@ -115,12 +115,168 @@ def _cmd_sink(args: argparse.Namespace) -> int:
     return run_sink(cfg)
 
 
+# --- capture ------------------------------------------------------------------------
+
+
+def _register_capture(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("capture", help="queue sensor readings in the outbox")
+    kinds = p.add_subparsers(dest="kind", metavar="KIND")
+    kinds.required = True
+    tab = kinds.add_parser(
+        "tabular",
+        help="one reading per JSON object line on stdin, until EOF",
+        description="Read one JSON object per line from stdin and queue each as a tabular "
+        "reading (time: when the line was read). Readings are committed every --batch lines "
+        "or 100 ms after a line was read. Bad lines are reported and skipped; exit 1 if any.",
+    )
+    binary = kinds.add_parser("binary", help="one binary reading from a file (- for stdin)")
+    for kind in (tab, binary):
+        _add_config_arg(kind)
+        kind.add_argument(
+            "--component-type", required=True, metavar="T", help="e.g. rdk:component:sensor"
+        )
+        kind.add_argument("--component-name", required=True, metavar="N")
+        kind.add_argument("--method", required=True, metavar="M", help="e.g. Readings")
+        kind.add_argument("--tag", action="append", default=[], metavar="X", help="repeatable")
+        kind.set_defaults(handler=_cmd_capture)
+    tab.add_argument("--batch", type=int, default=1000, metavar="N", help="lines per commit")
+    binary.add_argument("--file-extension", required=True, metavar="EXT", help="e.g. .jpeg")
+    binary.add_argument("--mime-type", default="", metavar="TYPE")
+    binary.add_argument("file", metavar="FILE")
+
+
+def _cmd_capture(args: argparse.Namespace) -> int:
+    from syncd import outbox_cli
+    from syncd.config import load_config
+    from syncd.outbox import Outbox
+
+    cfg = load_config(args.config)
+    stream = {
+        "component_type": args.component_type,
+        "component_name": args.component_name,
+        "method_name": args.method,
+        "tags": tuple(args.tag),
+    }
+    with Outbox(cfg.state_dir) as outbox:
+        if args.kind == "binary":
+            rid = outbox_cli.capture_binary(
+                outbox,
+                args.file,
+                file_extension=args.file_extension,
+                mime_type=args.mime_type,
+                **stream,
+            )
+            print(rid)
+            return EXIT_OK
+        with outbox_cli.sigterm_as_exit():
+            queued, bad = outbox_cli.capture_tabular(
+                outbox, sys.stdin.buffer, sys.stderr, batch_lines=max(1, args.batch), **stream
+            )
+    if bad:
+        print(f"syncd: {queued} readings queued, {bad} bad lines skipped", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+# --- status -------------------------------------------------------------------------
+
+
+def _register_status(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="what the outbox holds: counts, bytes, oldest pending")
+    _add_config_arg(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=_cmd_status)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from syncd import outbox_cli
+    from syncd.config import load_config
+    from syncd.outbox import Outbox, OutboxCounts
+
+    cfg = load_config(args.config)
+    path = cfg.state_dir / "outbox.db"
+    counts = OutboxCounts.zero()
+    # Read-only commands never create the outbox (e.g. owned by root, before the daemon).
+    if Outbox.exists(cfg.state_dir):
+        with Outbox(cfg.state_dir) as outbox:
+            counts = outbox.counts()
+    if args.json:
+        print(json.dumps({"outbox": str(path), **counts.as_dict()}))
+    else:
+        print("\n".join(outbox_cli.status_lines(counts, path)))
+    return EXIT_OK
+
+
+# --- failed -------------------------------------------------------------------------
+
+
+def _register_failed(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("failed", help="list, retry or purge dead letters")
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    ls = actions.add_parser("list", help="one line per dead letter: id, source, attempts, reason")
+    retry = actions.add_parser("retry", help="queue dead letters again (ids, or all)")
+    purge = actions.add_parser(
+        "purge", help="delete dead letters (ids, or all); files stay on disk"
+    )
+    for action in (ls, retry, purge):
+        _add_config_arg(action)
+        action.set_defaults(handler=_cmd_failed)
+    for action in (retry, purge):
+        action.add_argument(
+            "ids", nargs="+", metavar="ID", help="ids from `syncd failed list`, or: all"
+        )
+
+
+def _cmd_failed(args: argparse.Namespace) -> int:
+    from syncd import outbox_cli
+    from syncd.config import load_config
+    from syncd.outbox import Outbox
+
+    cfg = load_config(args.config)
+    ids = None
+    if args.action != "list":
+        try:
+            ids = outbox_cli.parse_ids(args.ids)
+        except ValueError as exc:
+            raise SyncdError(str(exc)) from None
+    if not Outbox.exists(cfg.state_dir):
+        if args.action == "list":
+            print("syncd: no failed items", file=sys.stderr)
+            return EXIT_OK
+        raise SyncdError(f"no outbox in {cfg.state_dir}")
+    with Outbox(cfg.state_dir) as outbox:
+        failed = outbox.list_failed()
+        if args.action == "list":
+            for item in failed:
+                print(outbox_cli.failed_line(item))
+            if not failed:
+                print("syncd: no failed items", file=sys.stderr)
+            return EXIT_OK
+        known = {item.id for item in failed}
+        missing = [] if ids is None else [i for i in ids if i not in known]
+        targets = None if ids is None else [i for i in ids if i in known]
+        if targets is None or targets:
+            if args.action == "retry":
+                print(f"retried {outbox.retry_failed(targets)}")
+            else:
+                print(f"purged {outbox.purge_failed(targets)}")
+    for i in missing:
+        print(f"syncd: no failed item with id {i}", file=sys.stderr)
+    return EXIT_ERROR if missing else EXIT_OK
+
+
 # --- registry -----------------------------------------------------------------------
 
 REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
     _register_check_config,
     _register_run,
     _register_sink,
+    _register_capture,
+    _register_status,
+    _register_failed,
 ]
 
 
