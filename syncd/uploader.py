@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
+from grpclib.exceptions import GRPCError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from syncd import mapping
@@ -196,6 +197,10 @@ class Uploader:
             now = self.clock()
             if isinstance(exc, SourceError):
                 verdict = Verdict.RETRY
+            elif verdict is Verdict.FATAL and not isinstance(exc, GRPCError):
+                # Our own bug, not the server's verdict: keep the data and say so loudly.
+                log.exception("internal error while uploading %s; will retry", source)
+                verdict = Verdict.RETRY
             if verdict is Verdict.OFFLINE:
                 self.connectivity.failed(reason, self.target)
                 await self.outbox.nack(ids, reason, now)
@@ -220,7 +225,7 @@ class Uploader:
         """One upload call, with quick in-call retries for transient server errors."""
         async for attempt in AsyncRetrying(
             stop=stop_after_attempt(self.cfg.sync.call_attempts),
-            wait=wait_exponential_jitter(initial=0.2, max=2.0),
+            wait=wait_exponential_jitter(multiplier=0.2, max=2.0, jitter=0.2),
             retry=retry_if_exception(lambda e: classify(e) is Verdict.RETRY),
             reraise=True,
         ):
