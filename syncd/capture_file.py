@@ -480,7 +480,32 @@ class CaptureReader:
             pos = record.end
             index += 1
 
-    def _read_record(self, index: int, pos: int) -> ReadingRecord:
+    def iter_raw(self) -> Iterator[bytes]:
+        """Each reading's serialized SensorData, framed but not parsed.
+
+        The fast path for tabular uploads, which send readings as they were written.
+        Damage is seen only in the framing (a truncated or zero-filled tail); afterwards
+        ``tail_error`` and ``dropped_bytes`` report it as for iteration.
+        """
+        self.dropped_bytes = 0
+        self.tail_error = None
+        pos = self.readings_offset
+        while pos < self.size:
+            try:
+                length, start = self._frame(pos)
+                raw = self._blocks.read(start, length)
+                if len(raw) != length:
+                    raise _Corrupt(f"truncated reading at byte {pos}: the file shrank while read")
+            except _Corrupt as e:
+                self.dropped_bytes = self.size - pos
+                self.tail_error = str(e)
+                return
+            yield raw
+            pos = start + length
+
+    def _frame(self, pos: int) -> tuple[int, int]:
+        """The length and start of the reading whose prefix is at ``pos``, checked against
+        the file's size."""
         length, start = self._read_prefix(pos)
         remain = self.size - start
         if length > remain:
@@ -491,6 +516,10 @@ class CaptureReader:
         if length == 0:
             # Never written (a reading always has metadata): the mark of a zero-filled tail.
             raise _Corrupt(f"empty reading at byte {pos}: zero length prefix")
+        return length, start
+
+    def _read_record(self, index: int, pos: int) -> ReadingRecord:
+        length, start = self._frame(pos)
         if length > self.large_reading_bytes:
             record = self._scan_large(index, pos, start, length)
             if record is not None:

@@ -410,11 +410,10 @@ class Uploader:
                 mapping.merge_tags(self.cfg.sync.tags, item.meta.get("tags", ())),
                 item.meta.get("dataset_ids", ()),
             )
-            records = iter(reader)
             if header.type == ds.DATA_TYPE_BINARY_SENSOR:
-                nbytes = await self._upload_binary_records(md, records)
+                nbytes = await self._upload_binary_records(md, iter(reader))
             else:
-                nbytes = await self._upload_tabular_records(md, records)
+                nbytes = await self._upload_tabular_records(md, reader.iter_raw())
         finally:
             reader.close()
         if reader.tail_error:
@@ -426,24 +425,23 @@ class Uploader:
             )
         return nbytes
 
-    async def _upload_tabular_records(
-        self, md: ds.UploadMetadata, records: Iterator[ReadingRecord]
-    ) -> int:
+    async def _upload_tabular_records(self, md: ds.UploadMetadata, raws: Iterator[bytes]) -> int:
+        """Readings go out as read from the file, framed into requests without being
+        parsed and serialised again (the server validates them)."""
         md_bytes = md.SerializeToString()
-        overhead = mapping.field_size(len(md_bytes))
         batcher = _Batcher(
-            records, self.cfg.sync.batch_max_readings, self.cfg.sync.max_request_bytes, overhead
+            raws,
+            self.cfg.sync.batch_max_readings,
+            self.cfg.sync.max_request_bytes,
+            mapping.field_size(len(md_bytes)),
         )
         total = 0
-        while batch := await asyncio.to_thread(batcher.next_batch):
-            if any(r.data_field == "binary" for r in batch):
-                raise CaptureFileError("a tabular capture file holds binary readings")
-            # Readings go out as read from the file, without parsing and serialising again.
-            request = mapping.encode_request(md_bytes, [r.raw for r in batch])
+        while batch := await asyncio.to_thread(batcher.next_request, md_bytes):
+            request, count = batch
             await self._spend(len(request))
             await self._call(lambda request=request: self.transport.data_capture_upload(request))
             total += len(request)
-            self.stats.count_readings(len(batch), len(request))
+            self.stats.count_readings(count, len(request))
         return total
 
     async def _upload_binary_records(
@@ -475,29 +473,34 @@ class Uploader:
 
 
 class _Batcher:
-    """Groups a capture file's readings into requests within the count and byte limits,
-    holding back the reading that did not fit for the next request."""
+    """Groups a capture file's serialized readings into requests within the count and
+    byte limits, holding back the reading that did not fit for the next request."""
 
-    def __init__(self, records: Iterator[ReadingRecord], max_count: int, limit: int, overhead: int):
-        self._records = records
+    def __init__(self, raws: Iterator[bytes], max_count: int, limit: int, overhead: int):
+        self._raws = raws
         self._max_count = max_count
         self._limit = limit
         self._overhead = overhead
-        self._held: ReadingRecord | None = None
+        self._held: bytes | None = None
 
-    def next_batch(self) -> list[ReadingRecord]:
-        batch: list[ReadingRecord] = []
+    def next_batch(self) -> list[bytes]:
+        batch: list[bytes] = []
         total = self._overhead
         while True:
-            record, self._held = self._held or next(self._records, None), None
-            if record is None:
+            raw, self._held = self._held or next(self._raws, None), None
+            if raw is None:
                 return batch
-            cost = mapping.field_size(record.length)
+            cost = mapping.field_size(len(raw))
             if batch and (len(batch) >= self._max_count or total + cost > self._limit):
-                self._held = record
+                self._held = raw
                 return batch
-            batch.append(record)  # a reading too big on its own still goes, alone
+            batch.append(raw)  # a reading too big on its own still goes, alone
             total += cost
+
+    def next_request(self, metadata: bytes) -> tuple[bytes, int] | None:
+        """The next serialized DataCaptureUploadRequest and its reading count."""
+        batch = self.next_batch()
+        return (mapping.encode_request(metadata, batch), len(batch)) if batch else None
 
 
 def _stream_name(reading: ClaimedReading) -> str:
