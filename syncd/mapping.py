@@ -124,6 +124,32 @@ def file_metadata(
     return md
 
 
+def as_forwarded(md: ds.UploadMetadata, origin: ds.UploadMetadata) -> ds.UploadMetadata:
+    """Metadata for data a receiver stored with ``origin`` and this syncd now forwards:
+    the origin says whose data it is and what it was called; this hop adds its tags."""
+    out = ds.UploadMetadata()
+    out.CopyFrom(origin)
+    out.part_id = origin.part_id or md.part_id
+    out.type = md.type
+    del out.tags[:]
+    out.tags.extend(merge_tags(origin.tags, md.tags))
+    del out.dataset_ids[:]
+    out.dataset_ids.extend(merge_tags(origin.dataset_ids, md.dataset_ids))
+    if md.type != ds.DATA_TYPE_FILE:
+        # A capture file's own header describes its readings; keep it.
+        for name in ("component_type", "component_name", "method_name", "file_extension"):
+            setattr(out, name, getattr(md, name))
+        out.method_parameters.clear()
+        for key, value in md.method_parameters.items():
+            out.method_parameters[key].CopyFrom(value)
+        out.mime_type = md.mime_type or origin.mime_type
+    else:
+        for name in ("file_create_time", "file_modify_time"):
+            if not out.HasField(name):
+                getattr(out, name).CopyFrom(getattr(md, name))
+    return out
+
+
 def timestamp_from_ns(ns: int) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
 

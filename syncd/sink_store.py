@@ -40,7 +40,8 @@ Layout::
   of a killed sink and sidecars whose data file is gone (a forwarding syncd removed it)
   are swept by :meth:`Store.sweep`. One sink process per store.
 
-:func:`iter_store` reads a store back as :class:`StoredItem` objects.
+:func:`iter_store` reads a store back as :class:`StoredItem` objects, :func:`load_item` one
+of them; :func:`write_sidecar` records a change made after the upload (e.g. edited tags).
 """
 
 from __future__ import annotations
@@ -579,6 +580,25 @@ def sidecar_path(data_path: Path) -> Path:
     return data_path.with_name(f".{data_path.name}{SIDECAR_SUFFIX}")
 
 
+def write_sidecar(item: StoredItem) -> None:
+    """Replace ``item``'s sidecar with one describing ``item``, atomically and durably.
+
+    For changes made after the upload (tags edited, a tabular file rewritten): the new
+    sidecar is written to a temp file, fsynced and renamed over the old one.
+    """
+    temp = item.path.with_name(f"{TEMP_PREFIX}{item.id}.meta")
+    try:
+        with open(temp, "wb") as f:
+            f.write(json.dumps(_sidecar_json(item), indent=2).encode() + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, item.sidecar)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+    _fsync_dir(item.path.parent)
+
+
 # --- reading back ---------------------------------------------------------------------
 
 
@@ -634,6 +654,16 @@ class StoredItem:
         raise ValueError("tabular data has no single payload; use sensor_data()")
 
 
+def forwarded_metadata(data_path: str | os.PathLike[str]) -> ds.UploadMetadata | None:
+    """The UploadMetadata a sink recorded for ``data_path``, or None when the file has no
+    readable sidecar: what a syncd forwarding a store onward sends again."""
+    try:
+        doc = json.loads(sidecar_path(Path(data_path)).read_text())
+        return ds.UploadMetadata.FromString(base64.b64decode(doc["upload_metadata_pb"]))
+    except (OSError, ValueError, KeyError, TypeError, DecodeError):
+        return None
+
+
 def iter_store(root: str | os.PathLike[str]) -> Iterator[StoredItem]:
     """Every complete item under ``root``, folder by folder, oldest first within a folder.
 
@@ -652,6 +682,11 @@ def iter_store(root: str | os.PathLike[str]) -> Iterator[StoredItem]:
                 yield _load_item(path)
             except (OSError, ValueError, DecodeError, CorruptStoreFile) as exc:
                 log.warning("skipping unreadable stored file %s: %s", path, exc)
+
+
+def load_item(path: str | os.PathLike[str]) -> StoredItem:
+    """The item whose data file is ``path``, read as :func:`iter_store` reads it."""
+    return _load_item(Path(path))
 
 
 def _load_item(path: Path) -> StoredItem:

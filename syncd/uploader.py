@@ -14,8 +14,11 @@ import contextlib
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 from grpclib.exceptions import GRPCError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
@@ -28,16 +31,21 @@ from syncd.errors import CaptureFileError, SourceError
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
 from syncd.outbox import AsyncOutbox, ClaimedFile, ClaimedReading, FileItem
 from syncd.retry import Connectivity, Verdict, backoff_delay, classify, describe
+from syncd.sink_store import forwarded_metadata, sidecar_path
 
 log = logging.getLogger("syncd.uploader")
 
 # Claims are held by this process only (the daemon releases them all at start), so the
 # lease is a backstop for a wedged task, long enough for a slow big upload.
 LEASE_S = 6 * 3600.0
+# Files claimed per outbox transaction; the ones not started yet wait in memory.
+FILES_PER_CLAIM = 16
 # Room left in a request for its metadata when batching readings by bytes.
 METADATA_ALLOWANCE = 64 * 1024
 # How often to look for readings that other processes (robot programs) enqueued.
 OTHER_WRITERS_POLL_S = 0.5
+# Bytes read from disk per trip to a worker thread when streaming a file.
+READ_BLOCK_BYTES = 1024 * 1024
 # Uploads running longer than this report their progress.
 PROGRESS_LOG_S = 30.0
 
@@ -61,12 +69,23 @@ class Stats:
         self.bytes += nbytes
 
 
+class UploadEvents(Protocol):
+    """Hears what happened to each upload, e.g. for metrics."""
+
+    def uploaded(self, kind: str, items: int, nbytes: int, seconds: float) -> None:
+        """An upload was acknowledged; ``kind`` is file, tabular or binary."""
+
+    def failed(self, code: str) -> None:
+        """An upload failed; ``code`` is the gRPC status name or the error's class."""
+
+
 class Uploader:
     """Uploads everything the outbox holds through ``transport``, until cancelled.
 
     ``on_file_done(path)`` is called after a source file was uploaded and removed (or
     kept), so the watcher can forget it. ``throttle(nbytes)`` is awaited before bytes go
-    out, for a bandwidth cap; ``clock`` gives wall time (the outbox's schedule).
+    out, for a bandwidth cap; ``clock`` gives wall time (the outbox's schedule);
+    ``events`` hears of every acknowledged and every failed upload.
     """
 
     def __init__(
@@ -79,6 +98,7 @@ class Uploader:
         clock: Callable[[], float] = time.time,
         on_file_done: Callable[[str], None] | None = None,
         throttle: Callable[[int], object] | None = None,
+        events: UploadEvents | None = None,
     ) -> None:
         self.cfg = cfg
         self.outbox = outbox
@@ -89,9 +109,12 @@ class Uploader:
         self.connectivity = Connectivity(cfg.sync.retry_initial_s, min(cfg.sync.retry_max_s, 60.0))
         self._on_file_done = on_file_done or (lambda path: None)
         self._throttle = throttle
+        self._events = events
         self._slots = asyncio.Semaphore(cfg.sync.concurrency)
+        self._surplus = 0  # slots to retire after sync.concurrency was lowered
         self._wake = asyncio.Event()
         self._files_first = True
+        self._claimed_files: deque[ClaimedFile] = deque()
         self._active = 0
         self._paused = False
 
@@ -111,6 +134,19 @@ class Uploader:
         if not paused:
             self.wake()
 
+    def apply(self, cfg: Config) -> None:
+        """Use a reloaded configuration (its ``sync`` section) from the next upload on."""
+        change = cfg.sync.concurrency - self.cfg.sync.concurrency
+        self.cfg = cfg
+        if change > 0:
+            kept = min(change, self._surplus)
+            self._surplus -= kept
+            for _ in range(change - kept):
+                self._slots.release()
+        else:
+            self._surplus -= change
+        self.wake()
+
     async def run(self) -> None:
         """Dispatch work until cancelled."""
         async with asyncio.TaskGroup() as tasks:
@@ -118,6 +154,9 @@ class Uploader:
             while True:
                 await self.connectivity.wait()
                 await self._slots.acquire()
+                if self._surplus > 0:  # sync.concurrency was lowered: retire this slot
+                    self._surplus -= 1
+                    continue
                 work = None if self._paused else await self._claim()
                 if work is None:
                     self._slots.release()
@@ -127,11 +166,15 @@ class Uploader:
                 tasks.create_task(self._run_unit(work))
 
     async def _claim(self) -> ClaimedFile | list[ClaimedReading] | None:
+        if self._claimed_files:
+            return self._claimed_files.popleft()
         self._files_first = not self._files_first  # alternate, so neither kind starves
         for files in (self._files_first, not self._files_first):
             if files:
-                claimed = await self.outbox.claim_files(1, LEASE_S, now=self.clock())
+                # Several at once: one transaction for a handful of small files.
+                claimed = await self.outbox.claim_files(FILES_PER_CLAIM, LEASE_S, now=self.clock())
                 if claimed:
+                    self._claimed_files.extend(claimed[1:])
                     return claimed[0]
             else:
                 readings = await self.outbox.claim_readings(
@@ -179,7 +222,10 @@ class Uploader:
                 await self._guard(self._upload_file(work), [work.id], work.attempts, work.path)
         finally:
             self._active -= 1
-            self._slots.release()
+            if self._surplus > 0:
+                self._surplus -= 1
+            else:
+                self._slots.release()
             self.wake()
 
     async def _guard(self, upload, ids: list[int], attempts: int, source: str) -> None:
@@ -190,8 +236,10 @@ class Uploader:
         except asyncio.CancelledError:
             raise
         except CaptureFileError as exc:
+            self._failed(exc)
             await self._dead_letter(ids, source, str(exc))
         except Exception as exc:
+            self._failed(exc)
             verdict = classify(exc)
             reason = describe(exc)
             now = self.clock()
@@ -210,7 +258,14 @@ class Uploader:
                     attempts, self.cfg.sync.retry_initial_s, self.cfg.sync.retry_max_s
                 )
                 self.stats.retries += 1
-                log.info("upload of %s failed (%s); retrying in %.0f s", source, reason, delay)
+                # Rate-limited per reason, not repeated per item (see logs.RepeatFilter).
+                log.info(
+                    "upload of %s failed (%s); retrying in %.0f s",
+                    source,
+                    reason,
+                    delay,
+                    extra={"repeat_key": f"retry: {reason}"},
+                )
                 await self.outbox.nack(ids, reason, now + delay)
             else:
                 self.connectivity.succeeded(self.target)
@@ -218,7 +273,12 @@ class Uploader:
 
     async def _dead_letter(self, ids: list[int], source: str, reason: str) -> None:
         self.stats.dead_letters += len(ids)
-        log.warning("dead letter: %s: %s (see `syncd failed list`)", source, reason)
+        log.warning(
+            "dead letter: %s: %s (see `syncd failed list`)",
+            source,
+            reason,
+            extra={"repeat_key": f"dead letter: {reason}"},
+        )
         await self.outbox.dead_letter(ids, reason)
 
     async def _call(self, make_call: Callable[[], object]):
@@ -231,6 +291,15 @@ class Uploader:
         ):
             with attempt:
                 return await make_call()  # type: ignore[misc]
+
+    def _failed(self, exc: BaseException) -> None:
+        if self._events is not None:
+            code = exc.status.name if isinstance(exc, GRPCError) else type(exc).__name__
+            self._events.failed(code)
+
+    def _uploaded(self, kind: str, items: int, nbytes: int, started: float) -> None:
+        if self._events is not None:
+            self._events.uploaded(kind, items, nbytes, time.monotonic() - started)
 
     async def _spend(self, nbytes: int) -> None:
         if self._throttle is not None:
@@ -259,18 +328,22 @@ class Uploader:
             ]
             request = ds.DataCaptureUploadRequest(metadata=md, sensor_contents=contents)
             size = request.ByteSize()
+            started = time.monotonic()
             await self._spend(size)
             await self._call(lambda: self.transport.data_capture_upload(request))
             await self.outbox.ack([r.id for r in readings])
             self.stats.count_readings(len(readings), size)
+            self._uploaded("tabular", len(readings), size, started)
             return
         for reading in readings:  # binary: one reading per request, as Viam's clients do
             sensor = mapping.binary_reading(
                 reading.payload, reading.time_requested_ns, reading.time_received_ns
             )
+            started = time.monotonic()
             await self._send_binary(md, sensor, reading.payload)
             await self.outbox.ack([reading.id])
             self.stats.count_readings(1, len(reading.payload))
+            self._uploaded("binary", 1, len(reading.payload), started)
 
     async def _send_binary(
         self, md: ds.UploadMetadata, sensor: ds.SensorData, payload: bytes
@@ -333,12 +406,13 @@ class Uploader:
             return
         if self.cfg.sync.delete_after_upload or item.kind == "prog":
             if st is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    await asyncio.to_thread(os.unlink, item.path)
+                await asyncio.to_thread(_remove_with_sidecar, item.path)
             await self.outbox.ack([item.id])
         else:
             await self.outbox.ack_file_keep(item.id, item.path, item.size, item.mtime_ns)
         self.stats.count_file(nbytes if item.kind == "file" else 0)
+        if item.kind == "file":
+            self._uploaded("file", 1, nbytes, time.monotonic() - elapsed)
         self._on_file_done(item.path)
         rate = nbytes / elapsed / 1e6 if elapsed > 0 else 0.0
         log.debug("uploaded %s (%d bytes, %.1f MB/s)", item.path, nbytes, rate)
@@ -349,6 +423,8 @@ class Uploader:
         """A re-startable reader of ``size`` bytes of ``path`` from ``offset``, in chunks,
         reporting progress of long uploads."""
         chunk = self.cfg.sync.chunk_bytes
+        # Disk reads happen off the event loop, a block of several chunks per hop.
+        block = max(chunk, READ_BLOCK_BYTES // chunk * chunk)
 
         async def chunks() -> AsyncIterator[bytes]:
             started = last_log = time.monotonic()
@@ -358,18 +434,20 @@ class Uploader:
             except OSError as exc:
                 raise SourceError(f"{path}: cannot read: {exc.strerror}") from None
             try:
-                if offset:
-                    f.seek(offset)
                 while sent < size:
+                    want = min(block, size - sent)
                     try:
-                        data = await asyncio.to_thread(f.read, min(chunk, size - sent))
+                        data = await asyncio.to_thread(os.pread, f.fileno(), want, offset + sent)
                     except OSError as exc:
                         raise SourceError(f"{path}: read failed: {exc.strerror}") from None
-                    if not data:
+                    if len(data) < want:
                         raise SourceError(f"{path}: shrank while being uploaded")
+                    view = memoryview(data)
+                    for start in range(0, len(data), chunk):
+                        piece = view[start : start + chunk]
+                        await self._spend(len(piece))
+                        yield piece.tobytes() if len(data) > chunk else data
                     sent += len(data)
-                    await self._spend(len(data))
-                    yield data
                     now = time.monotonic()
                     if now - last_log >= PROGRESS_LOG_S:
                         last_log = now
@@ -395,6 +473,9 @@ class Uploader:
             tags=mapping.merge_tags(self.cfg.sync.tags, meta.get("tags", ())),
             dataset_ids=meta.get("dataset_ids", ()),
         )
+        origin = await asyncio.to_thread(forwarded_metadata, item.path)
+        if origin is not None:
+            md = mapping.as_forwarded(md, origin)
         chunks = self._file_chunks(item.path, item.size)
         await self._call(lambda: self.transport.file_upload(md, chunks))
         return item.size
@@ -410,6 +491,9 @@ class Uploader:
                 mapping.merge_tags(self.cfg.sync.tags, item.meta.get("tags", ())),
                 item.meta.get("dataset_ids", ()),
             )
+            origin = await asyncio.to_thread(forwarded_metadata, item.path)
+            if origin is not None:
+                md = mapping.as_forwarded(md, origin)
             if header.type == ds.DATA_TYPE_BINARY_SENSOR:
                 nbytes = await self._upload_binary_records(md, iter(reader))
             else:
@@ -438,10 +522,12 @@ class Uploader:
         total = 0
         while batch := await asyncio.to_thread(batcher.next_request, md_bytes):
             request, count = batch
+            started = time.monotonic()
             await self._spend(len(request))
             await self._call(lambda request=request: self.transport.data_capture_upload(request))
             total += len(request)
             self.stats.count_readings(count, len(request))
+            self._uploaded("tabular", count, len(request), started)
         return total
 
     async def _upload_binary_records(
@@ -451,6 +537,7 @@ class Uploader:
         while (record := await asyncio.to_thread(next, records, None)) is not None:
             if record.data_field != "binary":
                 raise CaptureFileError("a binary capture file holds tabular readings")
+            started = time.monotonic()
             if record.is_streamed:
                 reading_md = mapping.for_binary_reading(md, record.metadata)
                 header = ds.DataCaptureUploadMetadata(
@@ -469,6 +556,7 @@ class Uploader:
                 nbytes = len(sensor.binary)
             total += nbytes
             self.stats.count_readings(1, nbytes)
+            self._uploaded("binary", 1, nbytes, started)
         return total
 
 
@@ -501,6 +589,13 @@ class _Batcher:
         """The next serialized DataCaptureUploadRequest and its reading count."""
         batch = self.next_batch()
         return (mapping.encode_request(metadata, batch), len(batch)) if batch else None
+
+
+def _remove_with_sidecar(path: str) -> None:
+    """Delete an uploaded file, and the receiver's sidecar beside it if it was forwarded."""
+    for victim in (path, sidecar_path(Path(path))):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(victim)
 
 
 def _stream_name(reading: ClaimedReading) -> str:
