@@ -107,28 +107,29 @@ async def _run_forever(watcher: Watcher, uploader: Uploader, outbox: AsyncOutbox
 async def _run_once(
     watcher: Watcher, uploader: Uploader, outbox: AsyncOutbox, timeout: float | None
 ) -> int:
-    deadline = None if timeout is None else time.monotonic() + timeout
     upload_task = asyncio.create_task(uploader.run())
     try:
-        while True:
-            waiting = await watcher.scan_once()
+        async with asyncio.timeout(timeout):
+            # One reconcile, waiting out the quiet period of files still being written.
+            await watcher.scan_once(wait_quiet=True)
             uploader.wake()
-            counts = await outbox.counts()
-            if not waiting and counts.pending + counts.inflight == 0 and not uploader.busy:
-                log.info(
-                    "all synced: %d files and %d readings uploaded, %d failed",
-                    uploader.stats.files,
-                    uploader.stats.readings,
-                    counts.failed,
-                )
-                return 0
-            if deadline is not None and time.monotonic() >= deadline:
-                log.warning(
-                    "gave up after %.0f s: %d items still pending", timeout, counts.pending
-                )
-                return 1
-            await asyncio.sleep(0.1)
+            while True:
+                counts = await outbox.counts()
+                if counts.pending + counts.inflight == 0 and not uploader.busy:
+                    break
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        counts = await outbox.counts()
+        log.warning("gave up after %.0f s: %d items still pending", timeout, counts.pending)
+        return 1
     finally:
         upload_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await upload_task
+    log.info(
+        "all synced: %d files and %d readings uploaded, %d failed",
+        uploader.stats.files,
+        uploader.stats.readings,
+        counts.failed,
+    )
+    return 0
