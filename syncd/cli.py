@@ -190,8 +190,9 @@ def _register_status(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     import json
+    from datetime import datetime
 
-    from syncd import outbox_cli
+    from syncd import linkctl, outbox_cli
     from syncd.config import load_config
     from syncd.outbox import Outbox, OutboxCounts
 
@@ -202,10 +203,56 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if Outbox.exists(cfg.state_dir):
         with Outbox(cfg.state_dir) as outbox:
             counts = outbox.counts()
+    paused = linkctl.pause_note(cfg.state_dir)
     if args.json:
-        print(json.dumps({"outbox": str(path), **counts.as_dict()}))
+        print(json.dumps({"outbox": str(path), **counts.as_dict(), "paused": paused is not None}))
     else:
         print("\n".join(outbox_cli.status_lines(counts, path)))
+        if paused is not None:
+            since, _, why = paused.partition(" ")
+            why = f" ({why})" if why else ""
+            print(f"uploads:  paused since {since}{why}; `syncd resume` to undo")
+        if cfg.sync.windows:
+            state = "open" if linkctl.in_windows(cfg.sync.windows, datetime.now()) else "closed"
+            print(f"windows:  {', '.join(cfg.sync.windows)} ({state} now)")
+    return EXIT_OK
+
+
+# --- pause, resume --------------------------------------------------------------------
+
+
+def _register_pause(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pause",
+        help="hold uploads back until `syncd resume` (capture and queueing go on)",
+        description="Hold uploads back, from within a second, across restarts, until "
+        "`syncd resume`. Uploads in flight finish; capture and queueing go on.",
+    )
+    _add_config_arg(p)
+    p.add_argument("reason", nargs="*", help="a note shown by `syncd status` and in the log")
+    p.set_defaults(handler=_cmd_pause)
+    r = sub.add_parser("resume", help="let uploads go on after `syncd pause`")
+    _add_config_arg(r)
+    r.set_defaults(handler=_cmd_pause)
+
+
+def _cmd_pause(args: argparse.Namespace) -> int:
+    from syncd import linkctl
+    from syncd.config import load_config
+
+    cfg = load_config(args.config)
+    paused = args.command == "pause"
+    try:
+        linkctl.set_paused(cfg.state_dir, paused, " ".join(getattr(args, "reason", [])))
+    except OSError as exc:
+        raise SyncdError(
+            f"cannot {args.command} in {cfg.state_dir}: {exc.strerror or exc} "
+            "(run it as the user syncd runs as, e.g. sudo -u syncd)"
+        ) from None
+    if paused:
+        print("paused: uploads stop within a second; `syncd resume` to undo")
+    else:
+        print("resumed: uploads go on within a second")
     return EXIT_OK
 
 
@@ -276,6 +323,7 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
     _register_sink,
     _register_capture,
     _register_status,
+    _register_pause,
     _register_failed,
 ]
 

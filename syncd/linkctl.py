@@ -54,6 +54,26 @@ class TokenBucket:
             await asyncio.sleep(delay)
 
 
+class Throttle:
+    """The uploader's ``throttle`` hook: a :class:`TokenBucket` that a config reload can
+    replace or remove (``rate`` 0: no cap) while uploads are running."""
+
+    def __init__(self, rate: float = 0) -> None:
+        self.bucket: TokenBucket | None = None
+        self.configure(rate)
+
+    def configure(self, rate: float) -> None:
+        """Cap uploads at ``rate`` bytes/s from now on; 0 lifts the cap."""
+        current = self.bucket.rate if self.bucket is not None else 0
+        if rate != current:
+            self.bucket = TokenBucket(rate) if rate > 0 else None
+
+    async def __call__(self, nbytes: int) -> None:
+        bucket = self.bucket
+        if bucket is not None:
+            await bucket.spend(nbytes)
+
+
 def parse_window(text: str) -> tuple[int, int]:
     """ "22:00-06:00" → (start, end) in minutes after midnight; may wrap past midnight."""
     start, end = text.split("-")
@@ -109,3 +129,13 @@ def set_paused(state_dir: Path, paused: bool, reason: str = "") -> None:
 
 def is_paused(state_dir: Path) -> bool:
     return pause_path(state_dir).exists()
+
+
+def pause_note(state_dir: Path) -> str | None:
+    """When and why uploads were paused ("<time> <reason>"), or None when they are not."""
+    try:
+        return pause_path(state_dir).read_text(errors="replace").strip() or "paused"
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return "paused" if is_paused(state_dir) else None

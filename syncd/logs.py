@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 # syslog priorities that journald reads from a "<N>" line prefix.
@@ -56,18 +57,24 @@ class JsonFormatter(logging.Formatter):
 
 class RepeatFilter(logging.Filter):
     """Lets the first of identical warnings through, then at most one per ``window_s``,
-    saying how many were held back in between."""
+    saying how many were held back in between.
 
-    def __init__(self, window_s: float = 60.0, clock=time.monotonic) -> None:
+    Lines about many items with one cause (say, every upload refused for the same reason)
+    are grouped by a ``repeat_key`` passed in ``extra``: then they count as identical
+    whatever their level and whichever item they name.
+    """
+
+    def __init__(self, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self._window = window_s
         self._clock = clock
         self._seen: dict[tuple[str, str], tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
+        group = getattr(record, "repeat_key", None)
+        if group is None and record.levelno < logging.WARNING:
             return True
-        key = (record.name, record.getMessage())
+        key = (record.name, str(group) if group is not None else record.getMessage())
         now = self._clock()
         last, held = self._seen.get(key, (None, 0))
         if last is not None and now - last < self._window:

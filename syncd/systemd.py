@@ -6,11 +6,15 @@ the process was not started by systemd (no NOTIFY_SOCKET).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
 
 class Notifier:
+    """Talks to systemd when NOTIFY_SOCKET is set; ``watchdog_interval_s`` is half of
+    WATCHDOG_USEC (None when no watchdog is asked for)."""
+
     def __init__(self, environ: dict[str, str] | None = None) -> None:
         env = os.environ if environ is None else environ
         address = env.get("NOTIFY_SOCKET", "")
@@ -31,11 +35,11 @@ class Notifier:
         if self._address is None:
             return
         if self._socket is None:
-            self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        try:
+            # Non-blocking: a full queue on systemd's side must never stall the event loop.
+            kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+            self._socket = socket.socket(socket.AF_UNIX, kind)
+        with contextlib.suppress(OSError):  # systemd gone or queue full: never fatal
             self._socket.sendto("\n".join(fields).encode(), self._address)
-        except OSError:
-            pass  # systemd gone or socket full: never fatal for the daemon
 
     def ready(self, status: str) -> None:
         self.notify("READY=1", f"STATUS={status}")

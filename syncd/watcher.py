@@ -174,8 +174,15 @@ class Watcher:
         self._observer: BaseObserver | None = None
         self._bridge: _Bridge | None = None
         self._watches: dict[str, ObservedWatch] = {}
+        # Set once the start scan of :meth:`run` is done (the daemon then reports ready).
+        self.started = asyncio.Event()
 
     # --- public -----------------------------------------------------------------------
+
+    def apply(self, cfg: Config) -> None:
+        """Use a reloaded configuration's ``sync`` rules (quiet period, rescan interval,
+        ...) from now on; the sync folders stay as they were until a restart."""
+        self.cfg = cfg
 
     async def run(self) -> None:
         """Scan, then watch and rescan until cancelled; stops the observer on the way out."""
@@ -198,6 +205,7 @@ class Watcher:
             async with self._lock:
                 await self._guarded(self._scan())
                 self._arm()
+            self.started.set()
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._pump())
                 tasks.create_task(self._ticker())
