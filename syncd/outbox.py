@@ -739,7 +739,8 @@ class Outbox:
         now = self._now(now)
         with self._lock, self._write() as db:
             rows = db.execute(
-                "UPDATE files SET state = 1, lease_until = ? WHERE id IN ("
+                # The claim reads the file as it is now: an earlier change mark is moot.
+                "UPDATE files SET state = 1, lease_until = ?, changed = 0 WHERE id IN ("
                 " SELECT id FROM files WHERE state = 0 AND next_attempt_at <= ?"
                 " ORDER BY next_attempt_at, id LIMIT ?)"
                 " RETURNING next_attempt_at, id, path, kind, size, mtime_ns, meta, attempts",

@@ -385,6 +385,16 @@ def test_claim_files_due_order_limit_and_metadata(ob, clock):
     assert (again.path, again.attempts) == ("/d/a", 1)
 
 
+def test_claim_files_takes_the_earliest_due_first(ob, clock):
+    ob.enqueue_files([fitem("/d/old")])
+    [old] = ob.claim_files(1, 30)
+    ob.nack([old.id], "unavailable", next_attempt_at=T0 + 5)
+    clock.t = T0 + 1
+    ob.enqueue_files([fitem("/d/new")])  # due from T0 + 1, before the retry at T0 + 5
+    assert [f.path for f in ob.claim_files(1, 30, now=T0 + 10)] == ["/d/new"]
+    assert [f.path for f in ob.claim_files(1, 30, now=T0 + 10)] == ["/d/old"]
+
+
 # --- outcomes -----------------------------------------------------------------------
 
 
@@ -400,6 +410,17 @@ def test_ack_deletes_and_late_acks_are_harmless(ob):
     ob.ack(claimed)
     [r] = ob.claim_readings(10, 1 << 20, 30)
     assert r.id == 4
+
+
+def test_a_late_ack_also_clears_a_dead_letter(ob):
+    # Worker A's lease ran out, worker B got a permanent error, then A's upload succeeded:
+    # the reading was delivered.
+    ob.enqueue_readings([tab(1)])
+    ob.enqueue_files([fitem("/d/a")])
+    ob.dead_letter([1, 2], "INVALID_ARGUMENT")
+    ob.ack([1, 2])
+    assert ob.list_failed() == []
+    assert ob.counts() == OutboxCounts.zero()
 
 
 def test_nack_schedules_a_retry_and_keeps_the_error(ob):
@@ -502,6 +523,17 @@ def test_enqueue_files_is_idempotent_and_follows_changes(ob, clock):
     assert ob.enqueue_files([fitem("/d/a", size=40, mtime_ns=4)]) == 0
     assert ob.list_failed() == []
     assert [(f.size, f.attempts) for f in ob.claim_files(10, 30)] == [(40, 0)]
+
+
+def test_a_new_claim_clears_an_earlier_change_mark(ob):
+    ob.enqueue_files([fitem("/d/a")])
+    [first] = ob.claim_files(1, lease_s=30)
+    ob.enqueue_files([fitem("/d/a", size=20, mtime_ns=2)])  # changed during the upload
+    assert ob.release_expired(now=T0 + 30) == 1  # that worker died
+    [second] = ob.claim_files(1, 30, now=T0 + 31)
+    assert (second.id, second.size) == (first.id, 20)  # this upload reads the new content
+    ob.ack([second.id])
+    assert ob.live_file_rows() == []
 
 
 def test_file_kept_on_disk_is_never_queued_twice(ob):
