@@ -30,6 +30,7 @@ from syncd.errors import ConfigError
 from syncd.linkctl import Throttle, in_windows, is_paused, pause_note, seconds_until_open
 from syncd.logs import setup_logging
 from syncd.outbox import AsyncOutbox, OutboxCounts
+from syncd.outbox_cli import human_age, human_bytes
 from syncd.systemd import Notifier
 from syncd.uploader import Uploader
 from syncd.watcher import Watcher
@@ -283,7 +284,7 @@ class _Service:
                 log.info(
                     "outside the sync windows (%s): uploads wait %s for the next one",
                     ", ".join(windows),
-                    _duration(seconds_until_open(windows, now)),
+                    human_age(seconds_until_open(windows, now)),
                 )
         self.uploader.pause(self._paused)
         return (self._switch_paused, self._window_open) != before
@@ -311,9 +312,11 @@ class _Service:
     def _status_text(self, counts: OutboxCounts) -> str:
         waiting = counts.pending + counts.inflight
         if waiting:
-            text = f"{waiting} pending ({_size(counts.pending_bytes + counts.inflight_bytes)})"
+            text = (
+                f"{waiting} pending ({human_bytes(counts.pending_bytes + counts.inflight_bytes)})"
+            )
             if counts.oldest_pending_age_s is not None:
-                text += f", oldest {_duration(counts.oldest_pending_age_s)}"
+                text += f", oldest {human_age(counts.oldest_pending_age_s)}"
         else:
             text = "all synced"
         if self._switch_paused:
@@ -335,11 +338,13 @@ class _Service:
         if not delta.any and not waiting and counts.failed == self._last_failed:
             return
         self._last, self._last_failed = totals, counts.failed
-        parts = [f"synced {delta.items} items ({_size(delta.bytes)}) in {_duration(interval)}"]
+        parts = [
+            f"synced {delta.items} items ({human_bytes(delta.bytes)}) in {human_age(interval)}"
+        ]
         if waiting:
             age = counts.oldest_pending_age_s
-            oldest = f", oldest {_duration(age)}" if age is not None else ""
-            parts.append(f"{waiting} pending ({_size(counts.pending_bytes)}){oldest}")
+            oldest = f", oldest {human_age(age)}" if age is not None else ""
+            parts.append(f"{waiting} pending ({human_bytes(counts.pending_bytes)}){oldest}")
         else:
             parts.append("nothing pending")
         parts.append(
@@ -436,24 +441,6 @@ def config_changes(old: Any, new: Any, prefix: str = "") -> list[str]:
         elif a != b:
             changed.append(f"{prefix}{f.name}")
     return changed
-
-
-def _size(nbytes: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if nbytes >= scale:
-            return f"{nbytes / scale:.1f} {unit}"
-    return f"{nbytes} B"
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 7200:
-        return f"{seconds // 60} min"
-    if seconds < 2 * 86400:
-        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
-    return f"{seconds // 86400} days"
 
 
 async def _run_once(

@@ -30,6 +30,7 @@ from typing import Any
 
 from syncd.config import Config
 from syncd.outbox_async import AsyncOutbox
+from syncd.outbox_cli import human_bytes
 
 log = logging.getLogger("syncd.disk")
 
@@ -179,8 +180,8 @@ class DiskGuard:
             )
         if report.files:
             log.warning(
-                "disk guard: freed %.1f MB; now about %.0f%% full",
-                report.bytes_freed / 1e6,
+                "disk guard: freed %s; now about %.0f%% full",
+                human_bytes(report.bytes_freed),
                 100 * report.used_after,
             )
         if report.used_after > limit:

@@ -52,7 +52,7 @@ async def test_sd_notify_ready_status_watchdog_stopping(tmp_path):
         async with DaemonProcess(config, env=env) as daemon:
             await daemon.start()
             ready = await notify.expect("READY=1")
-            assert "STATUS=2 pending (2.0 kB)" in ready and "paused" in ready
+            assert "STATUS=2 pending (2.0 KiB)" in ready and "paused" in ready
             for _ in range(3):  # every WATCHDOG_USEC/2 = 0.3 s, from the event loop
                 await notify.expect("WATCHDOG=1", timeout=2)
             assert (await syncd("resume", "-c", str(config)))[0] == 0
