@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import io
 import json
+import os
 import queue
 import signal
 import sys
@@ -59,6 +61,20 @@ def capture_tabular(
             queued += len(outbox.enqueue_readings(batch))
             batch = []
 
+    def take(lineno: int, raw: bytes, read_ns: int) -> None:
+        nonlocal bad, first_at
+        if not raw.strip():
+            return
+        try:
+            payload = encode_tabular(_parse_object(raw))
+        except ValueError as exc:
+            bad += 1
+            print(f"syncd: line {lineno}: {exc}", file=errors, flush=True)
+            return
+        if not batch:
+            first_at = time.monotonic()
+        batch.append(Reading(*stream, payload, read_ns, read_ns, tags))
+
     try:
         while True:
             timeout = None if not batch else max(0.0, first_at + max_delay_s - time.monotonic())
@@ -69,30 +85,40 @@ def capture_tabular(
                 continue
             if item is None:
                 break
-            lineno, raw, read_ns = item
-            if not raw.strip():
-                continue
-            try:
-                payload = encode_tabular(_parse_object(raw))
-            except ValueError as exc:
-                bad += 1
-                print(f"syncd: line {lineno}: {exc}", file=errors, flush=True)
-                continue
-            if not batch:
-                first_at = time.monotonic()
-            batch.append(Reading(*stream, payload, read_ns, read_ns, tags))
-            if len(batch) >= batch_lines or time.monotonic() - first_at >= max_delay_s:
+            take(*item)
+            if len(batch) >= batch_lines or (batch and time.monotonic() - first_at >= max_delay_s):
                 commit()
     finally:
+        # Interrupted (SIGINT, SIGTERM) or done: keep every line already read.
+        # Only what is queued now: a fast producer must not keep an interrupt waiting.
+        with contextlib.suppress(queue.Empty):
+            for _ in range(inbox.qsize()):
+                if (item := inbox.get_nowait()) is not None:
+                    take(*item)
         commit()
     return queued, bad
 
 
 def _read_lines(lines: IO[bytes], inbox: queue.Queue) -> None:
-    # A thread, so a batch can be committed while the producer is quiet.
+    # A thread, so a batch can be committed while the producer is quiet. It reads the file
+    # descriptor itself: a thread blocked inside sys.stdin's buffered reader would abort
+    # the interpreter's exit on SIGTERM.
     try:
-        for lineno, raw in enumerate(lines, start=1):
-            inbox.put((lineno, raw, time.time_ns()))
+        try:
+            fd = lines.fileno()
+        except (AttributeError, OSError, io.UnsupportedOperation):
+            for lineno, raw in enumerate(lines, start=1):
+                inbox.put((lineno, raw, time.time_ns()))
+            return
+        lineno, tail = 0, b""
+        while chunk := os.read(fd, 1 << 16):
+            read_ns = time.time_ns()
+            *complete, tail = (tail + chunk).split(b"\n")
+            for raw in complete:
+                lineno += 1
+                inbox.put((lineno, raw, read_ns))
+        if tail:
+            inbox.put((lineno + 1, tail, time.time_ns()))
     finally:
         inbox.put(None)
 
