@@ -164,12 +164,16 @@ class _Service:
             async with asyncio.TaskGroup() as tasks:
                 watch_task = tasks.create_task(self.watcher.run())
                 upload_task = tasks.create_task(self.uploader.run())
-                control_task = tasks.create_task(self._control())
+                periodic = [tasks.create_task(self._control())]
+                if self.notifier.watchdog_interval_s is not None:
+                    interval = self.notifier.watchdog_interval_s
+                    periodic.append(tasks.create_task(self._watchdog(interval)))
                 log.info("watching %s", ", ".join(str(p) for p in self.cfg.sync_paths))
                 await self._stop.wait()
                 self.notifier.stopping()
                 log.info("stopping: finishing uploads in flight (up to %.0f s)", STOP_GRACE_S)
-                control_task.cancel()
+                for task in periodic:
+                    task.cancel()
                 watch_task.cancel()
                 self.uploader.pause(True)
                 deadline = time.monotonic() + STOP_GRACE_S
@@ -202,14 +206,18 @@ class _Service:
 
     # --- the control task ---------------------------------------------------------------
 
+    async def _watchdog(self, interval: float) -> None:
+        """WATCHDOG=1 from the event loop: only a stuck loop stops it (and gets restarted).
+        Its own task, so slow outbox work in the control task never delays a ping."""
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
     async def _control(self) -> None:
         """All periodic work, sleeping until the next of it is due."""
-        watchdog_s = self.notifier.watchdog_interval_s
         now = time.monotonic()
         due = {"status": now, "disk": now, "purge": now}
         due["summary"] = now + self.cfg.log.summary_interval_s
-        if watchdog_s is not None:
-            due["watchdog"] = now
         ready = False
         while True:
             if self._reload:
@@ -218,9 +226,6 @@ class _Service:
             now = time.monotonic()
             if self._check_switches():
                 due["status"] = now  # say so at once
-            if watchdog_s is not None and now >= due["watchdog"]:
-                self.notifier.watchdog()
-                due["watchdog"] = now + watchdog_s
             if not ready and self.watcher.started.is_set():
                 ready = True
                 counts = await self.outbox.counts()
