@@ -325,12 +325,48 @@ def encode_tabular(data: Mapping[str, Any]) -> bytes:
     """Compact UTF-8 JSON of ``data``; ValueError naming the first value a Struct cannot hold."""
     if not isinstance(data, Mapping):
         raise ValueError(f"tabular data must be a dict, got {type(data).__name__}")
-    _check_struct_value(data, "data")
+    if not _plain_struct(data, 0):
+        _check_struct_value(data, "data")  # names the culprit, or accepts a subclass
     try:
-        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        return text.encode("utf-8")
+        return _JSON.encode(data).encode("utf-8")
     except (TypeError, ValueError, UnicodeEncodeError, RecursionError) as exc:
         raise ValueError(f"tabular data cannot be stored as JSON: {exc}") from None
+
+
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _plain_struct(value: Any, depth: int) -> bool:
+    # The hot path: exact built-in types only, leaves checked inline, no error message
+    # built. False sends the value to _check_struct_value for a precise message.
+    t = type(value)
+    if t is dict:
+        items: Iterable[Any] = value.values()
+        if not all(type(k) is str for k in value):
+            return False
+    elif t is list or t is tuple:
+        items = value
+    else:
+        return _plain_scalar(value)
+    if depth > 100:
+        return False
+    for item in items:
+        t = type(item)
+        if t is float:
+            if item - item != 0.0:  # nan or inf
+                return False
+        elif not (t is str or t is int or t is bool or item is None) and not _plain_struct(
+            item, depth + 1
+        ):
+            return False
+    return True
+
+
+def _plain_scalar(value: Any) -> bool:
+    t = type(value)
+    if t is float:
+        return value - value == 0.0
+    return t is str or t is int or t is bool or value is None
 
 
 def _check_struct_value(value: Any, where: str, depth: int = 0) -> None:

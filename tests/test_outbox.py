@@ -13,6 +13,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from syncd.errors import OutboxError
 from syncd.outbox import (
@@ -23,6 +25,7 @@ from syncd.outbox import (
     OutboxCounts,
     Reading,
     StreamKey,
+    encode_tabular,
 )
 from syncd.outbox_async import AsyncOutbox
 from syncd.outbox_schema import LATEST_VERSION, MIGRATIONS, migrate
@@ -204,6 +207,42 @@ def test_values_a_struct_cannot_hold_are_value_errors(ob, data, message):
     with pytest.raises(ValueError, match=message):
         ob.add_tabular(*SENSOR, data)
     assert ob.counts().pending == 0
+
+
+def _valid(value) -> bool:
+    # The reference: what a google.protobuf.Struct can hold.
+    if value is None or isinstance(value, str | bool | int):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _valid(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(_valid(v) for v in value)
+    return False
+
+
+_leaves = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5)
+_odd = st.binary(max_size=3) | st.frozensets(st.integers(), max_size=2)
+_values = st.recursive(
+    _leaves | _odd,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=3) | st.integers(), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(max_size=3), _values, max_size=4))
+def test_encode_tabular_accepts_exactly_what_a_struct_holds(data):
+    if _valid(data):
+        assert json.loads(encode_tabular(data)) == json.loads(json.dumps(data))
+    else:
+        with pytest.raises(ValueError):
+            encode_tabular(data)
 
 
 def test_bad_times_and_tags_are_rejected(ob):
