@@ -7,11 +7,17 @@ uses :class:`~syncd.outbox_async.AsyncOutbox`, which runs the same core on one w
 thread. This module imports the standard library only (no generated protobuf code and no
 asyncio), so robot programs can import it beside the Viam SDK.
 
-Delivery: an enqueue returns after its commit is durable (WAL, ``synchronous=FULL``).
+Delivery is at least once: an enqueue returns after its commit is durable (WAL,
+``synchronous=FULL``: it survives a power cut); a claim leases rows, and a row goes only
+when its upload is acked. A worker that dies leaves a lease that expires, so its rows go
+up again: a duplicate is possible, a loss is not. Ids are never reused, so a late ack or
+nack cannot touch another row.
+
 Every operation is one ``BEGIN IMMEDIATE`` transaction, so several processes (a robot
 program and the daemon) can write at once: a writer waits for the lock (busy timeout)
 instead of failing with "database is locked". Times are epoch seconds (floats) in the API;
-reading times are stored as integer nanoseconds.
+reading times are stored as integer nanoseconds. The tables are described in
+:mod:`syncd.outbox_schema`.
 """
 
 from __future__ import annotations
@@ -450,7 +456,8 @@ class Outbox:
                 for sample in samples:
                     ob.add_tabular("rdk:component:sensor", "imu", "Readings", sample)
 
-    ``clock`` gives "now" (epoch seconds) where a method's ``now`` is not passed.
+    ``clock`` gives "now" (epoch seconds) where a method's ``now`` is not passed. Open one
+    per process: a connection must not cross a ``fork()``.
     """
 
     def __init__(
