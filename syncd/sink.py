@@ -1,7 +1,9 @@
 """The sink: a Viam-compatible DataSyncService + AuthService server that stores uploads.
 
 It serves base stations (``syncd sink``), the daemon's ``cloud.address: embedded`` mode and
-the end-to-end tests. What it stores and where is :mod:`syncd.sink_store`'s business.
+the end-to-end tests. What it stores and where is :mod:`syncd.sink_store`'s business. It
+also serves Viam's DataService query, tag and delete calls (:mod:`syncd.data_api`) from an
+index it keeps of the store (:mod:`syncd.sink_index`).
 
 In-process use::
 
@@ -10,12 +12,13 @@ In-process use::
 
 ``Sink(store, *, host="127.0.0.1", port=0, api_key_id=None, api_key=None,
 max_message_bytes=64 MiB, max_upload_bytes=10 GiB, min_free_bytes=64 MiB,
-sweep_interval_s=600)``:
+sweep_interval_s=600, identity=None)``:
 
 - ``port=0`` picks a free port; ``sink.port`` tells which once started.
-- With ``api_key_id`` and ``api_key`` set, every DataSyncService call needs the metadata
-  ``authorization: Bearer <token>`` with a token from ``/proto.rpc.v1.AuthService/
-  Authenticate`` (entity = key id, credentials ``{type: "api-key", payload: key}``).
+- With ``api_key_id`` and ``api_key`` set, every DataSyncService and DataService call
+  needs the metadata ``authorization: Bearer <token>`` with a token from
+  ``/proto.rpc.v1.AuthService/Authenticate`` (entity = key id, credentials
+  ``{type: "api-key", payload: key}``).
   Tokens are opaque random strings kept in memory; ``revoke_tokens()`` forgets them all.
   Without a key the sink is open: Authenticate hands a token to anyone and data calls
   need none.
@@ -23,6 +26,8 @@ sweep_interval_s=600)``:
   one message); ``max_upload_bytes`` bounds one upload's payload; ``min_free_bytes`` is
   the free space the store always keeps. Beyond any of them: RESOURCE_EXHAUSTED, nothing
   stored.
+- ``identity`` (a :class:`~syncd.sink_index.CaptureIdentity`) is the organization,
+  location, robot and part name the DataService reports and filters by.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import os
 import secrets
 import signal
 import socket
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -46,11 +52,13 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Server, Stream
 
+from syncd.data_api import DataService
 from syncd.errors import ConfigError, StorageLimitError, SyncdError
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
 from syncd.gen.app.datasync.v1.data_sync_grpc import DataSyncServiceBase
 from syncd.gen.proto.rpc.v1 import auth_pb2
 from syncd.gen.proto.rpc.v1.auth_grpc import AuthServiceBase
+from syncd.sink_index import CaptureIdentity, SinkIndex
 from syncd.sink_store import (
     DEFAULT_MAX_UPLOAD_BYTES,
     DEFAULT_MIN_FREE_BYTES,
@@ -69,6 +77,7 @@ API_KEY_CREDENTIALS = "api-key"
 _MAX_TOKENS = 10_000
 _STOP_TIMEOUT_S = 5.0
 _THREAD_WRITE_BYTES = 1024 * 1024  # larger chunks are written off the event loop
+_MAX_QUERY_BYTES = 4 * 1024 * 1024  # a DataService request: a filter or a list of ids
 
 M = TypeVar("M", bound=Message)
 
@@ -222,10 +231,11 @@ def _reading_kind(um: ds.UploadMetadata, readings: Sequence[ds.SensorData]) -> s
 
 
 class _DataSyncService(DataSyncServiceBase):
-    def __init__(self, store: Store, auth: _Auth, max_message_bytes: int) -> None:
+    def __init__(self, store: Store, auth: _Auth, max_message_bytes: int, index: SinkIndex) -> None:
         self._store = store
         self._auth = auth
         self._limit = max_message_bytes
+        self._index = index
 
     async def DataCaptureUpload(
         self, stream: Stream[ds.DataCaptureUploadRequest, ds.DataCaptureUploadResponse]
@@ -249,6 +259,9 @@ class _DataSyncService(DataSyncServiceBase):
                 items = [await _in_thread(self._store.put_binary, um, r) for r in readings]
             for item in items:
                 _log_stored(item)
+            await asyncio.to_thread(
+                self._index.record, items, readings if kind == "tabular" else None
+            )
             first = items[0].id
             await stream.send_message(
                 ds.DataCaptureUploadResponse(file_id=first, binary_data_id=first)
@@ -300,6 +313,7 @@ class _DataSyncService(DataSyncServiceBase):
         self, stream: Stream[Any, Any], pending: PendingUpload, message_type: type[M], field: str
     ) -> StoredItem:
         """Write every chunk after the metadata straight to the pending file, then commit."""
+        commit: asyncio.Future[StoredItem] | None = None
         try:
             while (message := await _recv(stream, message_type, self._limit)) is not None:
                 which = message.WhichOneof("upload_packet")
@@ -313,12 +327,29 @@ class _DataSyncService(DataSyncServiceBase):
                     await _in_thread(pending.write, data)  # e.g. the SDK's one big message
                 else:
                     pending.write(data)
-            # the commit finishes even if the call is cancelled meanwhile
-            item = await asyncio.shield(_in_thread(pending.commit))
+            # the commit finishes even if the call is cancelled meanwhile: once it is
+            # scheduled, the pending upload is the commit's (an abort() racing it would
+            # make it fail with "already aborted", unseen)
+            commit = asyncio.ensure_future(_in_thread(pending.commit))
+            item = await asyncio.shield(commit)
         finally:
-            pending.abort()
+            if commit is None:
+                pending.abort()
+            elif not commit.done():
+                commit.add_done_callback(_committed_after_cancel)
         _log_stored(item)
+        await asyncio.to_thread(self._index.record, [item])
         return item
+
+
+def _committed_after_cancel(commit: asyncio.Future[StoredItem]) -> None:
+    """The end of a commit whose call was cancelled (the client went away meanwhile)."""
+    if commit.cancelled():
+        return
+    if (exc := commit.exception()) is not None:
+        log.warning("storing an upload whose client went away failed: %s", exc)
+    else:
+        _log_stored(commit.result())
 
 
 def _first_metadata(message: Message | None, name: str, data_field: str) -> Message:
@@ -415,8 +446,10 @@ class Sink:
         max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
         min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
         sweep_interval_s: float = 600.0,
+        identity: CaptureIdentity | None = None,
     ) -> None:
         self._store = Store(store, max_upload_bytes=max_upload_bytes, min_free_bytes=min_free_bytes)
+        self._index = SinkIndex(self._store.root, identity)
         self._auth = _Auth(api_key_id, api_key)
         self._host = host
         self._requested_port = port
@@ -437,6 +470,7 @@ class Sink:
             max_message_bytes=cfg.max_message_bytes,
             max_upload_bytes=cfg.max_upload_bytes,
             min_free_bytes=cfg.min_free_bytes,
+            identity=cfg.identity,
         )
 
     @property
@@ -463,12 +497,18 @@ class Sink:
         if self._server is not None:
             raise RuntimeError("the sink is already started")
         await asyncio.to_thread(self._store.open)
+        await asyncio.to_thread(self._index.open)
         sock = _listen_socket(self._host, self._requested_port)
         self._port = sock.getsockname()[1]
         server = Server(
             [
-                _DataSyncService(self._store, self._auth, self._max_message_bytes),
+                _DataSyncService(self._store, self._auth, self._max_message_bytes, self._index),
                 _AuthService(self._auth),
+                DataService(
+                    self._index,
+                    authorize=self._auth.check,
+                    receive=lambda stream, kind: _recv(stream, kind, _MAX_QUERY_BYTES),
+                ),
             ]
         )
         await server.start(sock=sock)
@@ -497,6 +537,7 @@ class Sink:
             await asyncio.wait_for(server.wait_closed(), _STOP_TIMEOUT_S)
         except TimeoutError:
             log.warning("sink stopped with client connections still open")
+        self._index.close()
         log.info("sink on %s stopped", self.address)
 
     def revoke_tokens(self) -> None:
@@ -520,7 +561,8 @@ class Sink:
             await asyncio.sleep(self._sweep_interval_s)
             try:
                 await asyncio.to_thread(self._store.sweep)
-            except OSError as exc:
+                await asyncio.to_thread(self._index.reconcile)
+            except (OSError, sqlite3.Error) as exc:
                 log.warning("sweeping %s failed: %s", self.store, exc)
 
 

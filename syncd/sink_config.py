@@ -11,6 +11,11 @@ Keys (flags of the same name override the file)::
     max_upload_bytes: 10GiB       # one upload's payload
     min_free_bytes: 64MiB         # free space the store always keeps
     log_level: info               # debug logs one line per upload
+    organization_id: ...          # optional: what the data API reports as the data's
+    location_id: ...              #   organization, location, robot and part name, and
+    robot_id: ...                 #   filters by (unset: "" reported, any value matches)
+    robot_name: ...
+    part_name: ...
 
 Every problem is one line naming where it is (file and key, or flag) and what was expected;
 all problems are raised together as :class:`~syncd.errors.ConfigError`.
@@ -29,9 +34,11 @@ import yaml
 
 from syncd.errors import ConfigError
 from syncd.sink import DEFAULT_MAX_MESSAGE_BYTES
+from syncd.sink_index import CaptureIdentity
 from syncd.sink_store import DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_MIN_FREE_BYTES
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+IDENTITY_KEYS = ("organization_id", "location_id", "robot_id", "robot_name", "part_name")
 KEYS = (
     "listen",
     "store",
@@ -42,6 +49,7 @@ KEYS = (
     "max_upload_bytes",
     "min_free_bytes",
     "log_level",
+    *IDENTITY_KEYS,
 )
 MIN_MESSAGE_BYTES = 4 * 1024**2  # syncd's own chunks are up to 1 MiB plus framing
 MAX_MESSAGE_BYTES = 2**32 - 1  # the gRPC length prefix is 32 bits
@@ -71,6 +79,7 @@ class SinkConfig:
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     min_free_bytes: int = DEFAULT_MIN_FREE_BYTES
     log_level: str = "info"
+    identity: CaptureIdentity = field(default_factory=CaptureIdentity)
 
 
 def load_sink_config(
@@ -189,6 +198,14 @@ def _check(
         missing = "api_key (or api_key_file)" if key_id else "api_key_id"
         problems.append(f"{missing}: required when {'api_key_id' if key_id else 'api_key'} is set")
 
+    identity = {}
+    for key in IDENTITY_KEYS:
+        value = values.get(key, "")
+        if not isinstance(value, str):
+            bad(key, f"{value!r} is not a string")
+        else:
+            identity[key] = value.strip()
+
     if problems or store is None:
         return None
     return SinkConfig(
@@ -198,6 +215,7 @@ def _check(
         api_key_id=key_id,
         api_key=api_key,
         log_level=level,
+        identity=CaptureIdentity(**identity),
         **sizes,
     )
 

@@ -28,6 +28,7 @@ from syncd.gen.app.datasync.v1.data_sync_grpc import DataSyncServiceStub
 from syncd.gen.proto.rpc.v1 import auth_pb2
 from syncd.gen.proto.rpc.v1.auth_grpc import AuthServiceStub
 from syncd.sink import Sink
+from syncd.sink_index import INDEX_NAME
 from syncd.sink_store import StoredItem, iter_store
 
 KEY_ID = "0b5e5b8c-6e36-4a8e-9d2b-1f1b3c1d2e3f"
@@ -76,7 +77,8 @@ def struct(values: dict[str, Any]) -> Struct:
 
 
 def all_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file())
+    """The store's files, leaving out the sink's query index."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(INDEX_NAME))
 
 
 def only_item(store: Path) -> StoredItem:
