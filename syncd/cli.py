@@ -315,6 +315,59 @@ def _cmd_failed(args: argparse.Namespace) -> int:
     return EXIT_ERROR if missing else EXIT_OK
 
 
+# --- query --------------------------------------------------------------------------
+
+
+def _register_query(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "query",
+        help="list (or download) what a sink's store holds",
+        description="Query a sink's store through its index (no sink needs to run): newest "
+        "first, every given filter must match, --tag and --mime-type match any of theirs. "
+        "Times are ISO 8601, UTC unless they name a zone; --start is included, --end not.",
+    )
+    p.add_argument("kind", nargs="?", choices=("binary", "tabular"), default="binary")
+    p.add_argument("--store", required=True, metavar="DIR", help="the sink's store folder")
+    p.add_argument("--component-name", default="", metavar="N")
+    p.add_argument("--component-type", default="", metavar="T", help="e.g. rdk:component:camera")
+    p.add_argument("--method", default="", metavar="M", help="e.g. ReadImage")
+    p.add_argument("--part-id", default="", metavar="ID")
+    p.add_argument("--mime-type", action="append", default=[], metavar="TYPE", help="repeatable")
+    p.add_argument("--tag", action="append", default=[], metavar="X", help="repeatable")
+    p.add_argument("--start", metavar="ISO", help="from this time (time requested)")
+    p.add_argument("--end", metavar="ISO", help="until this time")
+    p.add_argument("--limit", type=int, default=50, metavar="N", help="at most N (0: all)")
+    p.add_argument("--oldest-first", action="store_true", help="oldest first")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--download", metavar="DIR", help="binary: copy the payloads into DIR")
+    p.set_defaults(handler=_cmd_query)
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from syncd.query_cli import QueryArgs, run_query
+
+    if args.limit < 0:
+        raise SyncdError("--limit: must be 0 (everything) or more")
+    query = QueryArgs(
+        store=Path(args.store),
+        kind=args.kind,
+        component_name=args.component_name,
+        component_type=args.component_type,
+        method=args.method,
+        part_id=args.part_id,
+        mime_types=tuple(args.mime_type),
+        tags=tuple(args.tag),
+        start=args.start,
+        end=args.end,
+        limit=args.limit,
+        oldest_first=args.oldest_first,
+    )
+    download = Path(args.download) if args.download else None
+    return run_query(query, as_lines=args.json, download_to=download)
+
+
 # --- registry -----------------------------------------------------------------------
 
 REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -325,6 +378,7 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
     _register_status,
     _register_pause,
     _register_failed,
+    _register_query,
 ]
 
 
