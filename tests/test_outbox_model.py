@@ -66,7 +66,7 @@ class OutboxMachine(RuleBasedStateMachine):
         self.ob.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    # -- helpers --
+    # -- model queries --
 
     def fresh_ids(self, ids: list[int]) -> None:
         assert ids == sorted(ids) and ids[0] > self.max_id, "ids must be new and increasing"
