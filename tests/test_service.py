@@ -257,3 +257,59 @@ def test_status_shows_the_sync_windows(tmp_path):
         )["paused"]
         is False
     )
+
+
+class PeakServer(RecordingServer):
+    """Records how many uploads it held at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.active = self.peak = 0
+
+    async def _admit(self, stream, upload) -> None:
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        try:
+            await super()._admit(stream, upload)
+        finally:
+            self.active -= 1
+
+
+async def test_sighup_changes_concurrency_both_ways(tmp_path, caplog):
+    """In process, so the server sees the daemon's uploads as they overlap."""
+    from syncd.config import load_config
+    from syncd.daemon import run_daemon
+    from syncd.linkctl import set_paused
+
+    async def reload(concurrency: int, times: int) -> None:
+        write_config(tmp_path, server.port, sync={"concurrency": concurrency})
+        os.kill(os.getpid(), signal.SIGHUP)
+        await wait_for(lambda: caplog.text.count("applied sync.concurrency") == times)
+
+    async def batch(prefix: str, n: int) -> None:
+        before = len(server.uploads)
+        for i in range(n):
+            old_file(tmp_path / "capture" / f"{prefix}{i}.txt", b"x")
+        set_paused(cfg.state_dir, False)
+        await wait_for(lambda: len(server.uploads) == before + n)
+
+    caplog.set_level("INFO", logger="syncd")
+    async with PeakServer() as server:
+        server.delay_s = 0.3
+        cfg = load_config(write_config(tmp_path, server.port, sync={"concurrency": 1}))
+        set_paused(cfg.state_dir, True)
+        run = asyncio.create_task(run_daemon(cfg))
+        try:
+            await wait_for(lambda: "watching" in caplog.text)
+            await reload(4, 1)
+            await batch("wide", 8)
+            assert server.peak == 4
+            set_paused(cfg.state_dir, True)
+            await wait_for(lambda: caplog.text.count("paused by `syncd pause`") == 2)
+            await reload(2, 2)
+            server.peak = 0
+            await batch("narrow", 6)
+            assert server.peak == 2
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert await run == 0
