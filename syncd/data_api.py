@@ -37,7 +37,6 @@ from typing import Any, TypeVar
 
 from google.protobuf import empty_pb2
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
@@ -46,7 +45,7 @@ from syncd.errors import SyncdError
 from syncd.gen.app.data.v1 import data_pb2 as pb
 from syncd.gen.app.data.v1.data_grpc import DataServiceBase
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
-from syncd.mapping import with_dot
+from syncd.mapping import timestamp_from_ns, with_dot
 from syncd.sink_index import (
     BinaryRow,
     CaptureIdentity,
@@ -63,7 +62,6 @@ from syncd.sink_index import (
 log = logging.getLogger("syncd.sink")
 
 MAX_PAGE_PAYLOAD_BYTES = 64 * 1024**2
-_NS = 1_000_000_000
 _SERVICE = "/viam.app.data.v1.DataService/"
 
 # The rest of Viam's DataService (as of SDK 0.85.1). grpclib's own answer to a path it
@@ -185,10 +183,6 @@ def _tags(tags: Any) -> list[str]:
 # --- results -----------------------------------------------------------------------------
 
 
-def _timestamp(ns: int) -> Timestamp:
-    return Timestamp(seconds=ns // _NS, nanos=ns % _NS)
-
-
 def capture_metadata(meta: Meta, identity: CaptureIdentity) -> pb.CaptureMetadata:
     """Viam's CaptureMetadata for an item (identity fields from the sink's config)."""
     cm = pb.CaptureMetadata(
@@ -218,8 +212,8 @@ def binary_data(
         id=row.id,
         binary_data_id=row.id,
         capture_metadata=capture_metadata(row.meta, identity),
-        time_requested=_timestamp(row.time_requested_ns),
-        time_received=_timestamp(row.time_received_ns),
+        time_requested=timestamp_from_ns(row.time_requested_ns),
+        time_received=timestamp_from_ns(row.time_received_ns),
         file_name=row.file_name,
         file_ext=with_dot(row.file_ext),
         dataset_ids=row.dataset_ids,
@@ -247,8 +241,8 @@ def tabular_response(
             by_meta[id(row.meta)] = index
         data = response.data.add(
             metadata_index=index,
-            time_requested=_timestamp(row.time_requested_ns),
-            time_received=_timestamp(row.time_received_ns),
+            time_requested=timestamp_from_ns(row.time_requested_ns),
+            time_received=timestamp_from_ns(row.time_received_ns),
         )
         data.data.MergeFromString(row.data)
     return response

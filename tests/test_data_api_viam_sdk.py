@@ -15,6 +15,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from google.protobuf.wrappers_pb2 import StringValue
+
 from syncd import mapping
 from syncd.cloud import CloudClient
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
@@ -56,6 +58,7 @@ async def fill(client: CloudClient) -> dict[str, Any]:
         for label in (["cat", "dog"], ["cat"])[i] if i < 2 else []:
             reading.metadata.annotations.bboxes.add(label=label, x_max_normalized=1.0)
         metadata = mapping.upload_metadata(PART, cam)
+        metadata.method_parameters["mime_type"].Pack(StringValue(value="image/jpeg"))
         frames.append(
             await client.data_capture_upload(
                 ds.DataCaptureUploadRequest(metadata=metadata, sensor_contents=[reading])
@@ -258,6 +261,12 @@ async def test_viam_sdk_queries_tags_and_deletes(viam_python: str, tmp_path: Pat
     assert frame0["binary_data_id"] == frame0["id"] == f0
     cm = frame0["capture_metadata"]
     assert (cm["component_name"], cm["mime_type"], cm["tags"]) == ("cam", "image/jpeg", ["robot"])
+    assert cm["method_parameters"] == {
+        "mime_type": {
+            "@type": "type.googleapis.com/google.protobuf.StringValue",
+            "value": "image/jpeg",
+        }
+    }
     assert [b["label"] for b in frame0["annotations"]["bboxes"]] == ["cat", "dog"]
     assert frame0["file_ext"] == ".jpeg" and frame0["file_size_bytes"] == "700"
     assert frame0["time_requested"] == "2026-11-02T08:30:00.250Z"

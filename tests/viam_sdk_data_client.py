@@ -33,6 +33,7 @@ import sys
 from datetime import datetime
 from typing import Any
 
+from google.protobuf import wrappers_pb2  # noqa: F401  (Any values in JSON: StringValue)
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from grpclib.client import Channel
