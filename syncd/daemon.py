@@ -91,7 +91,7 @@ async def run_daemon(
     log.info("syncd %s starting (%s)", __version__, "once" if once else "daemon")
     for line in cfg.summary_lines():
         log.info("  %s", line)
-    outbox = await AsyncOutbox.open(cfg.state_dir)
+    outbox = await AsyncOutbox.open(cfg.state_dir, durable=False)
     try:
         released = await outbox.release_all_inflight()
         if released:

@@ -457,7 +457,9 @@ class Outbox:
                     ob.add_tabular("rdk:component:sensor", "imu", "Readings", sample)
 
     ``clock`` gives "now" (epoch seconds) where a method's ``now`` is not passed. Open one
-    per process: a connection must not cross a ``fork()``.
+    per process: a connection must not cross a ``fork()``. Every commit is durable (it
+    survives a power cut) unless ``durable=False``, which only the daemon uses, for its
+    claims, acks and file rows (all of which it can redo).
     """
 
     def __init__(
@@ -466,10 +468,13 @@ class Outbox:
         *,
         busy_timeout_s: float = schema.DEFAULT_BUSY_TIMEOUT_S,
         clock: Callable[[], float] = time.time,
+        durable: bool = True,
     ):
         self._dir = Path(state_dir)
         self._clock = clock
-        self._conn: sqlite3.Connection | None = schema.connect(self._dir, busy_timeout_s)
+        self._conn: sqlite3.Connection | None = schema.connect(
+            self._dir, busy_timeout_s, durable=durable
+        )
         self._lock = threading.Lock()
         # Group commit: concurrent enqueue_readings callers share one transaction.
         self._queue_lock = threading.Lock()

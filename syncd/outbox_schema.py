@@ -133,8 +133,13 @@ _WAL_AUTOCHECKPOINT_PAGES = 1000
 _JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024
 
 
-def connect(state_dir: Path, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> sqlite3.Connection:
-    """Open (creating and migrating if needed) ``<state_dir>/outbox.db``."""
+def connect(
+    state_dir: Path, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S, *, durable: bool = True
+) -> sqlite3.Connection:
+    """Open (creating and migrating if needed) ``<state_dir>/outbox.db``.
+
+    ``durable=False`` is for the daemon's own connection: see :func:`_configure`.
+    """
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -150,7 +155,7 @@ def connect(state_dir: Path, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> 
     except sqlite3.Error as exc:
         raise OutboxError(f"cannot open {path}: {exc}") from None
     try:
-        _retry_busy(lambda: _configure(conn), busy_timeout_s)
+        _retry_busy(lambda: _configure(conn, durable), busy_timeout_s)
         _retry_busy(lambda: migrate(conn), busy_timeout_s)
     except sqlite3.Error as exc:
         conn.close()
@@ -163,14 +168,19 @@ def connect(state_dir: Path, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> 
     return conn
 
 
-def _configure(conn: sqlite3.Connection) -> None:
+def _configure(conn: sqlite3.Connection, durable: bool = True) -> None:
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if str(mode).lower() != "wal":
         raise OutboxError(f"the outbox needs WAL mode, SQLite gave {mode!r}")
     # FULL in WAL mode fsyncs the WAL at every commit: a commit that returned survives a
     # power cut. NORMAL would only survive a process crash, and readings pushed by robot
     # programs exist nowhere else once acknowledged.
-    conn.execute("PRAGMA synchronous = FULL")
+    #
+    # The daemon's own connection may use NORMAL: everything it commits can be redone.
+    # A claim or an ack lost to a power cut means one more upload (at least once); a
+    # file queued but lost is found again by the startup scan. Robot programs and
+    # `syncd capture` always use FULL. Per connection, so both coexist on one database.
+    conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
     # Some builds (Debian's among them) zero every deleted row, which rewrites each page
     # an ack frees; FAST zeroes only within pages written anyway: no extra flash wear.
     conn.execute("PRAGMA secure_delete = FAST")
