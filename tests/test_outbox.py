@@ -79,6 +79,12 @@ def test_new_outbox_is_wal_with_full_sync_and_latest_schema(ob):
     assert ob.path.name == "outbox.db"
 
 
+def test_the_daemons_connection_trades_fsyncs_for_redoable_commits(tmp_path):
+    with Outbox(tmp_path, durable=False) as daemon, Outbox(tmp_path) as program:
+        assert daemon._db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        assert program._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
 def test_migrates_an_existing_empty_version_0_database(tmp_path):
     state = tmp_path / "state"
     state.mkdir()
