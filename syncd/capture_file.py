@@ -480,8 +480,9 @@ class CaptureReader:
             pos = record.end
             index += 1
 
-    def iter_raw(self) -> Iterator[bytes]:
-        """Each reading's serialized SensorData, framed but not parsed.
+    def iter_raw(self, *, delimited: bool = False) -> Iterator[bytes]:
+        """Each reading's serialized SensorData, framed but not parsed; with ``delimited``
+        its length prefix included (the bytes as they are in the file).
 
         The fast path for tabular uploads, which send readings as they were written.
         Damage is seen only in the framing (a truncated or zero-filled tail); afterwards
@@ -493,8 +494,9 @@ class CaptureReader:
         while pos < self.size:
             try:
                 length, start = self._frame(pos)
-                raw = self._blocks.read(start, length)
-                if len(raw) != length:
+                begin = pos if delimited else start
+                raw = self._blocks.read(begin, start + length - begin)
+                if len(raw) != start + length - begin:
                     raise _Corrupt(f"truncated reading at byte {pos}: the file shrank while read")
             except _Corrupt as e:
                 self.dropped_bytes = self.size - pos

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from google.protobuf import struct_pb2, timestamp_pb2
@@ -176,13 +176,14 @@ def binary_reading(payload: bytes, time_requested_ns: int, time_received_ns: int
     )
 
 
-def encode_request(metadata: bytes, readings: Sequence[bytes]) -> bytes:
+def encode_request(metadata: bytes, delimited_readings: Sequence[bytes]) -> bytes:
     """A serialized DataCaptureUploadRequest (metadata = 1, sensor_contents = 2) built from
-    already serialized parts, byte-identical to what protobuf would produce."""
-    parts = [b"\x0a", encode_uvarint(len(metadata)), metadata]
-    for raw in readings:
-        parts += (b"\x12", encode_uvarint(len(raw)), raw)
-    return b"".join(parts)
+    readings as a capture file holds them (each after its length prefix): a repeated
+    field is its tag before each such piece, so protobuf would produce these very bytes."""
+    head = b"\x0a" + encode_uvarint(len(metadata)) + metadata
+    if not delimited_readings:
+        return head
+    return head + b"\x12" + b"\x12".join(delimited_readings)
 
 
 def _varint_len(n: int) -> int:
@@ -192,23 +193,3 @@ def _varint_len(n: int) -> int:
 def field_size(payload_len: int) -> int:
     """Bytes a length-delimited field with a one-byte tag takes on the wire."""
     return 1 + _varint_len(payload_len) + payload_len
-
-
-def batches(
-    sizes: Iterable[int], *, max_count: int, max_bytes: int, overhead: int = 0
-) -> Iterator[tuple[int, int]]:
-    """Split items of the given serialized sizes into [start, end) ranges whose request
-    (``overhead`` plus each item as a repeated field) stays within the bounds. An item
-    too big on its own still goes, alone: the caller decides what to do with it."""
-    start = count = 0
-    total = overhead
-    index = -1
-    for index, size in enumerate(sizes):
-        cost = field_size(size)
-        if count and (count >= max_count or total + cost > max_bytes):
-            yield start, index
-            start, count, total = index, 0, overhead
-        count += 1
-        total += cost
-    if count:
-        yield start, index + 1

@@ -27,7 +27,7 @@ from syncd import mapping
 from syncd.capture_file import CaptureReader, ReadingRecord
 from syncd.cloud import UploadTransport
 from syncd.config import Config
-from syncd.errors import CaptureFileError, SourceError
+from syncd.errors import CaptureFileError, OutboxError, SourceError
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
 from syncd.outbox import AsyncOutbox, ClaimedFile, ClaimedReading, FileItem
 from syncd.retry import Connectivity, Verdict, backoff_delay, classify, describe
@@ -48,6 +48,8 @@ OTHER_WRITERS_POLL_S = 0.5
 READ_BLOCK_BYTES = 1024 * 1024
 # Uploads running longer than this report their progress.
 PROGRESS_LOG_S = 30.0
+# While the outbox refuses writes (its disk is full), the dispatcher retries this often.
+OUTBOX_RETRY_MAX_S = 30.0
 
 
 @dataclass
@@ -117,6 +119,8 @@ class Uploader:
         self._claimed_files: deque[ClaimedFile] = deque()
         self._active = 0
         self._paused = False
+        self._unrecorded: list[int] = []  # claimed ids whose outcome the outbox refused
+        self._outbox_retry_s = 0.0
 
     # --- scheduling ------------------------------------------------------------------
 
@@ -157,7 +161,15 @@ class Uploader:
                 if self._surplus > 0:  # sync.concurrency was lowered: retire this slot
                     self._surplus -= 1
                     continue
-                work = None if self._paused else await self._claim()
+                try:
+                    if self._unrecorded:
+                        await self._put_back_unrecorded()
+                    work = None if self._paused else await self._claim()
+                except OutboxError as exc:  # e.g. its disk is full: wait, never die of it
+                    self._slots.release()
+                    await self._outbox_failed(exc)
+                    continue
+                self._outbox_retry_s = 0.0
                 if work is None:
                     self._slots.release()
                     await self._sleep_until_due()
@@ -209,7 +221,29 @@ class Uploader:
 
     # --- one unit of work ------------------------------------------------------------
 
+    async def _put_back_unrecorded(self) -> None:
+        """Make the units whose outcome could not be written due again (an upload that did
+        go through goes once more: at least once)."""
+        ids, self._unrecorded = self._unrecorded, []
+        try:
+            await self.outbox.nack(ids, "the outbox could not record this upload", self.clock())
+        except OutboxError:
+            self._unrecorded = ids + self._unrecorded
+            raise
+        log.info("the outbox takes writes again; %d items go again", len(ids))
+
+    async def _outbox_failed(self, exc: OutboxError) -> None:
+        self._outbox_retry_s = min(OUTBOX_RETRY_MAX_S, max(1.0, 2 * self._outbox_retry_s))
+        log.error(
+            "cannot write the outbox: %s; uploads wait and try again in %.0f s",
+            exc,
+            self._outbox_retry_s,
+            extra={"repeat_key": "outbox write failed"},
+        )
+        await asyncio.sleep(self._outbox_retry_s)
+
     async def _run_unit(self, work: ClaimedFile | list[ClaimedReading]) -> None:
+        ids = [r.id for r in work] if isinstance(work, list) else [work.id]
         try:
             if isinstance(work, list):
                 await self._guard(
@@ -220,6 +254,16 @@ class Uploader:
                 )
             else:
                 await self._guard(self._upload_file(work), [work.id], work.attempts, work.path)
+        except OutboxError as exc:
+            # Its outcome could not be written (the outbox's disk is full, say): the rows
+            # stay claimed until the dispatcher can put them back.
+            self._unrecorded += ids
+            log.error(
+                "cannot record the upload of %d items in the outbox: %s",
+                len(ids),
+                exc,
+                extra={"repeat_key": "outbox write failed"},
+            )
         finally:
             self._active -= 1
             if self._surplus > 0:
@@ -233,8 +277,8 @@ class Uploader:
         try:
             await upload
             self.connectivity.succeeded(self.target)
-        except asyncio.CancelledError:
-            raise
+        except (asyncio.CancelledError, OutboxError):
+            raise  # an outbox that refuses writes is no upload failure: see _run_unit
         except CaptureFileError as exc:
             self._failed(exc)
             await self._dead_letter(ids, source, str(exc))
@@ -322,10 +366,21 @@ class Uploader:
         )
         md = mapping.upload_metadata(self.cfg.part_id, stream, self.cfg.sync.tags)
         if first.kind == "tabular":
-            contents = [
-                mapping.tabular_reading(r.payload, r.time_requested_ns, r.time_received_ns)
-                for r in readings
-            ]
+            contents, good = [], []
+            for r in readings:
+                try:
+                    contents.append(
+                        mapping.tabular_reading(r.payload, r.time_requested_ns, r.time_received_ns)
+                    )
+                    good.append(r)
+                except (ValueError, TypeError, AttributeError) as exc:
+                    # A damaged payload (SQLite checksums no content; a salvaged outbox)
+                    # can never go: set it aside rather than hold back its whole stream.
+                    reason = f"the stored reading is not a JSON object ({exc})"
+                    await self._dead_letter([r.id], _stream_name(r), reason)
+            if not good:
+                return
+            readings = good
             request = ds.DataCaptureUploadRequest(metadata=md, sensor_contents=contents)
             size = request.ByteSize()
             started = time.monotonic()
@@ -369,20 +424,27 @@ class Uploader:
 
     async def _upload_file(self, item: ClaimedFile) -> None:
         try:
-            st = await asyncio.to_thread(os.stat, item.path)
+            source = await asyncio.to_thread(
+                _open_source, item.path, item.kind, self.cfg.sync.chunk_bytes
+            )
         except FileNotFoundError:
             log.warning("%s vanished before it was uploaded; dropping it from the queue", item.path)
             await self.outbox.drop([item.id])
             self._on_file_done(item.path)
             return
-        if (st.st_size, st.st_mtime_ns) != (item.size, item.mtime_ns):
-            await self._requeue_changed(item, st)
-            return
-        started = time.monotonic()
-        if item.kind == "file":
-            nbytes = await self._upload_arbitrary(item, st)
-        else:
-            nbytes = await self._upload_capture(item)
+        try:
+            st = source.st
+            if (st.st_size, st.st_mtime_ns) != (item.size, item.mtime_ns):
+                await self._requeue_changed(item, st)
+                return
+            started = time.monotonic()
+            if item.kind == "file":
+                nbytes = await self._upload_arbitrary(item, source)
+            else:
+                nbytes = await self._upload_capture(item, source)
+        finally:
+            if source.reader is not None:
+                source.reader.close()
         await self._finish_file(item, nbytes, time.monotonic() - started)
 
     async def _requeue_changed(self, item: ClaimedFile, st: os.stat_result) -> None:
@@ -396,17 +458,15 @@ class Uploader:
         )
 
     async def _finish_file(self, item: ClaimedFile, nbytes: int, elapsed: float) -> None:
-        try:
-            st = await asyncio.to_thread(os.stat, item.path)
-        except FileNotFoundError:
-            st = None  # removed after we read all of it: what we sent is what it held
-        if st is not None and (st.st_size, st.st_mtime_ns) != (item.size, item.mtime_ns):
+        delete = self.cfg.sync.delete_after_upload or item.kind == "prog"
+        changed = await asyncio.to_thread(
+            _close_source, item.path, item.size, item.mtime_ns, delete
+        )
+        if changed is not None:
             # Never acknowledge new content as uploaded: send it again.
-            await self._requeue_changed(item, st)
+            await self._requeue_changed(item, changed)
             return
-        if self.cfg.sync.delete_after_upload or item.kind == "prog":
-            if st is not None:
-                await asyncio.to_thread(_remove_with_sidecar, item.path)
+        if delete:
             await self.outbox.ack([item.id])
         else:
             await self.outbox.ack_file_keep(item.id, item.path, item.size, item.mtime_ns)
@@ -464,42 +524,48 @@ class Uploader:
 
         return chunks
 
-    async def _upload_arbitrary(self, item: ClaimedFile, st: os.stat_result) -> int:
+    async def _upload_arbitrary(self, item: ClaimedFile, source: _Source) -> int:
         meta = item.meta
         md = mapping.file_metadata(
             item.path,
-            st,
+            source.st,
             self.cfg.part_id,
             tags=mapping.merge_tags(self.cfg.sync.tags, meta.get("tags", ())),
             dataset_ids=meta.get("dataset_ids", ()),
         )
-        origin = await asyncio.to_thread(forwarded_metadata, item.path)
-        if origin is not None:
-            md = mapping.as_forwarded(md, origin)
-        chunks = self._file_chunks(item.path, item.size)
+        if source.origin is not None:
+            md = mapping.as_forwarded(md, source.origin)
+        if source.content is not None:  # read whole already: no more trips to the disk
+            content = source.content
+
+            async def chunks() -> AsyncIterator[bytes]:
+                await self._spend(len(content))
+                yield content
+
+        else:
+            chunks = self._file_chunks(item.path, item.size)
         await self._call(lambda: self.transport.file_upload(md, chunks))
         return item.size
 
-    async def _upload_capture(self, item: ClaimedFile) -> int:
+    async def _upload_capture(self, item: ClaimedFile, source: _Source) -> int:
         """Upload a capture file's readings: tabular in batches, binary one by one."""
-        reader = await asyncio.to_thread(CaptureReader, item.path)
-        try:
-            header = reader.header
-            md = mapping.header_metadata(
-                header,
-                self.cfg.part_id,
-                mapping.merge_tags(self.cfg.sync.tags, item.meta.get("tags", ())),
-                item.meta.get("dataset_ids", ()),
+        reader = source.reader
+        assert reader is not None
+        header = reader.header
+        md = mapping.header_metadata(
+            header,
+            self.cfg.part_id,
+            mapping.merge_tags(self.cfg.sync.tags, item.meta.get("tags", ())),
+            item.meta.get("dataset_ids", ()),
+        )
+        if source.origin is not None:
+            md = mapping.as_forwarded(md, source.origin)
+        if header.type == ds.DATA_TYPE_BINARY_SENSOR:
+            nbytes = await self._upload_binary_records(md, iter(reader))
+        else:
+            nbytes = await self._upload_tabular_records(
+                md, reader.iter_raw(delimited=True), item.path
             )
-            origin = await asyncio.to_thread(forwarded_metadata, item.path)
-            if origin is not None:
-                md = mapping.as_forwarded(md, origin)
-            if header.type == ds.DATA_TYPE_BINARY_SENSOR:
-                nbytes = await self._upload_binary_records(md, iter(reader))
-            else:
-                nbytes = await self._upload_tabular_records(md, reader.iter_raw())
-        finally:
-            reader.close()
         if reader.tail_error:
             log.warning(
                 "%s: uploaded the readings before a damaged tail; dropped %d bytes: %s",
@@ -509,7 +575,9 @@ class Uploader:
             )
         return nbytes
 
-    async def _upload_tabular_records(self, md: ds.UploadMetadata, raws: Iterator[bytes]) -> int:
+    async def _upload_tabular_records(
+        self, md: ds.UploadMetadata, raws: Iterator[bytes], path: str
+    ) -> int:
         """Readings go out as read from the file, framed into requests without being
         parsed and serialised again (the server validates them)."""
         md_bytes = md.SerializeToString()
@@ -520,7 +588,7 @@ class Uploader:
             mapping.field_size(len(md_bytes)),
         )
         total = 0
-        while batch := await asyncio.to_thread(batcher.next_request, md_bytes):
+        while batch := await asyncio.to_thread(batcher.next_request, md_bytes, path):
             request, count = batch
             started = time.monotonic()
             await self._spend(len(request))
@@ -534,7 +602,7 @@ class Uploader:
         self, md: ds.UploadMetadata, records: Iterator[ReadingRecord]
     ) -> int:
         total = 0
-        while (record := await asyncio.to_thread(next, records, None)) is not None:
+        while (record := await asyncio.to_thread(_next_record, records)) is not None:
             if record.data_field != "binary":
                 raise CaptureFileError("a binary capture file holds tabular readings")
             started = time.monotonic()
@@ -561,8 +629,9 @@ class Uploader:
 
 
 class _Batcher:
-    """Groups a capture file's serialized readings into requests within the count and
-    byte limits, holding back the reading that did not fit for the next request."""
+    """Groups a capture file's readings (length-prefixed, as the file holds them) into
+    requests within the count and byte limits, holding back the reading that did not fit
+    for the next request."""
 
     def __init__(self, raws: Iterator[bytes], max_count: int, limit: int, overhead: int):
         self._raws = raws
@@ -578,24 +647,78 @@ class _Batcher:
             raw, self._held = self._held or next(self._raws, None), None
             if raw is None:
                 return batch
-            cost = mapping.field_size(len(raw))
+            cost = 1 + len(raw)  # the field's tag, then the reading as the file frames it
             if batch and (len(batch) >= self._max_count or total + cost > self._limit):
                 self._held = raw
                 return batch
             batch.append(raw)  # a reading too big on its own still goes, alone
             total += cost
 
-    def next_request(self, metadata: bytes) -> tuple[bytes, int] | None:
+    def next_request(self, metadata: bytes, path: str) -> tuple[bytes, int] | None:
         """The next serialized DataCaptureUploadRequest and its reading count."""
-        batch = self.next_batch()
+        with _local_io(path):
+            batch = self.next_batch()
         return (mapping.encode_request(metadata, batch), len(batch)) if batch else None
 
 
-def _remove_with_sidecar(path: str) -> None:
-    """Delete an uploaded file, and the receiver's sidecar beside it if it was forwarded."""
-    for victim in (path, sidecar_path(Path(path))):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(victim)
+@dataclass
+class _Source:
+    """What one trip to a worker thread learned about a queued file before its upload."""
+
+    st: os.stat_result
+    origin: ds.UploadMetadata | None  # what a receiver recorded, when forwarding its store
+    content: bytes | None = None  # the whole of a small arbitrary file
+    reader: CaptureReader | None = None  # an open capture file
+
+
+def _open_source(path: str, kind: str, small_bytes: int) -> _Source:
+    """Stat, look for a receiver's sidecar, and read or open the file: one thread hop.
+    FileNotFoundError passes through; other local I/O errors become SourceError, so they
+    are never mistaken for the network's."""
+    with _local_io(path):
+        st = os.stat(path)
+        source = _Source(st, forwarded_metadata(path))
+        if kind != "file":
+            source.reader = CaptureReader(path)
+        elif st.st_size <= small_bytes:
+            with open(path, "rb") as f:
+                source.content = f.read(small_bytes + 1)
+            if len(source.content) != st.st_size:
+                raise SourceError(f"{path}: changed while being read")
+    return source
+
+
+def _next_record(records: Iterator[ReadingRecord]) -> ReadingRecord | None:
+    try:
+        return next(records, None)
+    except OSError as exc:
+        raise SourceError(f"cannot read a capture file: {exc.strerror or exc}") from None
+
+
+@contextlib.contextmanager
+def _local_io(path: str) -> Iterator[None]:
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def _close_source(path: str, size: int, mtime_ns: int, delete: bool) -> os.stat_result | None:
+    """After the server's ack: the file's new stat if it changed meanwhile, else None,
+    having deleted it (and a receiver's sidecar beside it) when asked to."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None  # removed after we read all of it: what we sent is what it held
+    if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
+        return st
+    if delete:
+        for victim in (path, sidecar_path(Path(path))):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(victim)
+    return None
 
 
 def _stream_name(reading: ClaimedReading) -> str:
