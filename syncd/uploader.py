@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from grpclib.exceptions import GRPCError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
@@ -34,6 +34,7 @@ from syncd.retry import Connectivity, Verdict, backoff_delay, classify, describe
 from syncd.sink_store import forwarded_metadata, sidecar_path
 
 log = logging.getLogger("syncd.uploader")
+T = TypeVar("T")
 
 # Claims are held by this process only (the daemon releases them all at start), so the
 # lease is a backstop for a wedged task, long enough for a slow big upload.
@@ -81,6 +82,40 @@ class UploadEvents(Protocol):
         """An upload failed; ``code`` is the gRPC status name or the error's class."""
 
 
+class _GroupAcks:
+    """Acknowledgements of concurrent uploads share one outbox transaction (group
+    commit): an ack joins the next flush and returns once that flush is committed."""
+
+    def __init__(self, outbox: AsyncOutbox) -> None:
+        self._outbox = outbox
+        self._ids: list[int] = []
+        self._flushed: asyncio.Future[None] | None = None
+        self._wanted = asyncio.Event()
+
+    async def ack(self, ids: list[int]) -> None:
+        if self._flushed is None:
+            self._flushed = asyncio.get_running_loop().create_future()
+        self._ids.extend(ids)
+        flushed = self._flushed
+        self._wanted.set()
+        await asyncio.shield(flushed)
+
+    async def run(self) -> None:
+        while True:
+            await self._wanted.wait()
+            self._wanted.clear()
+            ids, flushed = self._ids, self._flushed
+            self._ids, self._flushed = [], None
+            if flushed is None:
+                continue
+            try:
+                await self._outbox.ack(ids)
+            except Exception as exc:
+                flushed.set_exception(exc)
+            else:
+                flushed.set_result(None)
+
+
 class Uploader:
     """Uploads everything the outbox holds through ``transport``, until cancelled.
 
@@ -117,6 +152,7 @@ class Uploader:
         self._wake = asyncio.Event()
         self._files_first = True
         self._claimed_files: deque[ClaimedFile] = deque()
+        self._acks = _GroupAcks(outbox)
         self._active = 0
         self._paused = False
         self._unrecorded: list[int] = []  # claimed ids whose outcome the outbox refused
@@ -155,6 +191,7 @@ class Uploader:
         """Dispatch work until cancelled."""
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._watch_other_writers())
+            tasks.create_task(self._acks.run())
             while True:
                 await self.connectivity.wait()
                 await self._slots.acquire()
@@ -386,7 +423,7 @@ class Uploader:
             started = time.monotonic()
             await self._spend(size)
             await self._call(lambda: self.transport.data_capture_upload(request))
-            await self.outbox.ack([r.id for r in readings])
+            await self._acks.ack([r.id for r in readings])
             self.stats.count_readings(len(readings), size)
             self._uploaded("tabular", len(readings), size, started)
             return
@@ -396,7 +433,7 @@ class Uploader:
             )
             started = time.monotonic()
             await self._send_binary(md, sensor, reading.payload)
-            await self.outbox.ack([reading.id])
+            await self._acks.ack([reading.id])
             self.stats.count_readings(1, len(reading.payload))
             self._uploaded("binary", 1, len(reading.payload), started)
 
@@ -424,8 +461,8 @@ class Uploader:
 
     async def _upload_file(self, item: ClaimedFile) -> None:
         try:
-            source = await asyncio.to_thread(
-                _open_source, item.path, item.kind, self.cfg.sync.chunk_bytes
+            source = await self._off_loop_unless_small(
+                item, _open_source, item.path, item.kind, self.cfg.sync.chunk_bytes
             )
         except FileNotFoundError:
             log.warning("%s vanished before it was uploaded; dropping it from the queue", item.path)
@@ -447,6 +484,13 @@ class Uploader:
                 source.reader.close()
         await self._finish_file(item, nbytes, time.monotonic() - started)
 
+    async def _off_loop_unless_small(self, item: ClaimedFile, fn: Callable[..., T], *args) -> T:
+        """Run a file's blocking I/O in a worker thread, or inline for a file of one chunk:
+        a stat and a few kilobytes from the page cache cost less than the thread hop."""
+        if item.kind == "file" and item.size <= self.cfg.sync.chunk_bytes:
+            return fn(*args)
+        return await asyncio.to_thread(fn, *args)
+
     async def _requeue_changed(self, item: ClaimedFile, st: os.stat_result) -> None:
         """The file is not what was queued: queue it again as it is now."""
         log.info("%s changed since it was queued; queueing it again", item.path)
@@ -459,15 +503,15 @@ class Uploader:
 
     async def _finish_file(self, item: ClaimedFile, nbytes: int, elapsed: float) -> None:
         delete = self.cfg.sync.delete_after_upload or item.kind == "prog"
-        changed = await asyncio.to_thread(
-            _close_source, item.path, item.size, item.mtime_ns, delete
+        changed = await self._off_loop_unless_small(
+            item, _close_source, item.path, item.size, item.mtime_ns, delete
         )
         if changed is not None:
             # Never acknowledge new content as uploaded: send it again.
             await self._requeue_changed(item, changed)
             return
         if delete:
-            await self.outbox.ack([item.id])
+            await self._acks.ack([item.id])
         else:
             await self.outbox.ack_file_keep(item.id, item.path, item.size, item.mtime_ns)
         self.stats.count_file(nbytes if item.kind == "file" else 0)
