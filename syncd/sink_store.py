@@ -695,22 +695,25 @@ def _load_item(path: Path) -> StoredItem:
         doc = json.loads(sidecar.read_text())
     except FileNotFoundError:
         return _item_without_sidecar(path)
-    um = ds.UploadMetadata.FromString(base64.b64decode(doc["upload_metadata_pb"]))
-    sm = None
-    if "sensor_metadata_pb" in doc:
-        sm = ds.SensorMetadata.FromString(base64.b64decode(doc["sensor_metadata_pb"]))
-    return StoredItem(
-        id=doc["id"],
-        kind=doc["kind"],
-        path=path,
-        received_at=datetime.fromisoformat(doc["received_at"]),
-        size_bytes=int(doc["size_bytes"]),
-        upload_metadata=um,
-        sensor_metadata=sm,
-        sha256=doc.get("sha256"),
-        readings=int(doc.get("readings", 0)),
-        rpc=doc.get("rpc", ""),
-    )
+    try:
+        um = ds.UploadMetadata.FromString(base64.b64decode(doc["upload_metadata_pb"]))
+        sm = None
+        if "sensor_metadata_pb" in doc:
+            sm = ds.SensorMetadata.FromString(base64.b64decode(doc["sensor_metadata_pb"]))
+        return StoredItem(
+            id=doc["id"],
+            kind=doc["kind"],
+            path=path,
+            received_at=datetime.fromisoformat(doc["received_at"]),
+            size_bytes=int(doc["size_bytes"]),
+            upload_metadata=um,
+            sensor_metadata=sm,
+            sha256=doc.get("sha256"),
+            readings=int(doc.get("readings", 0)),
+            rpc=doc.get("rpc", ""),
+        )
+    except (KeyError, TypeError, AttributeError) as exc:  # JSON, but not a sidecar
+        raise CorruptStoreFile(f"sidecar {sidecar.name} is not a sidecar: {exc!r}") from None
 
 
 def _item_without_sidecar(path: Path) -> StoredItem:
@@ -752,6 +755,11 @@ def _item_without_sidecar(path: Path) -> StoredItem:
 
 
 def _read_exactly(f: IO[bytes], size: int) -> bytes:
+    # A length prefix is untrusted: f.read(n) allocates n bytes before reading, so a forged
+    # prefix in a small file would ask for gigabytes (MemoryError). Check it first.
+    remaining = os.fstat(f.fileno()).st_size - f.tell()
+    if size > remaining:
+        raise CorruptStoreFile(f"truncated: wanted {size} bytes, {max(0, remaining)} remain")
     data = f.read(size)
     if len(data) != size:
         raise CorruptStoreFile(f"truncated: wanted {size} bytes, found {len(data)}")
