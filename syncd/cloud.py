@@ -8,11 +8,15 @@ nothing of the outbox or of retry schedules; it makes one call and raises on fai
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
 import ssl
-from collections.abc import AsyncIterator, Callable
+import sys
+import termios
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from grpclib.client import Channel
 from grpclib.const import Status
@@ -24,6 +28,8 @@ from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
 from syncd.gen.proto.rpc.v1 import auth_grpc, auth_pb2
 
 log = logging.getLogger("syncd.cloud")
+
+T = TypeVar("T")
 
 ChunkSource = Callable[[], AsyncIterator[bytes]]
 """Makes a fresh iterator over an upload's bytes, so a retried call can start over."""
@@ -68,9 +74,13 @@ def make_ssl_context(ca_file: Path | None = None) -> ssl.SSLContext:
 class CloudClient:
     """A grpclib channel to a DataSyncService, authenticating with an API key if given.
 
-    ``call_timeout_s`` bounds a unary call, and every step (one message sent or the
-    answer received) of a streaming call, so a server that never answers frees the
-    caller without putting a ceiling on how long a big upload may take.
+    ``call_timeout_s`` bounds every step of a call (one message sent, the answer
+    received) while nothing moves: a step fails after that long without progress, that is
+    without the server taking any of the call's bytes (see :func:`_progress`). So a
+    server that never answers frees the caller, and a slow link or a slow server, which
+    take seconds to drain what the kernel and HTTP/2 buffered, put no ceiling on how long
+    an upload may take. The server's flow-control updates come every half window (2 MB
+    for grpclib's 4 MB), so the timeout must exceed the time it needs to take that much.
     """
 
     def __init__(
@@ -133,13 +143,12 @@ class CloudClient:
     # --- uploads ------------------------------------------------------------------
 
     async def data_capture_upload(self, request: ds.DataCaptureUploadRequest | bytes) -> str:
-        async def call(metadata):
-            response = await self._sync.DataCaptureUpload(
-                request, timeout=self._timeout, metadata=metadata
-            )
-            return response.binary_data_id or response.file_id
-
-        return await self._with_auth(call)
+        # Not grpclib's unary call: its timeout bounds the whole call, which a request of
+        # a few MB over a slow link can outlast however well it moves.
+        response = await self._with_auth(
+            lambda md: self._stream(self._sync.DataCaptureUpload, md, request, None, None)
+        )
+        return response.binary_data_id or response.file_id
 
     async def file_upload(self, metadata: ds.UploadMetadata, chunks: ChunkSource) -> str:
         first = ds.FileUploadRequest(metadata=metadata)
@@ -165,21 +174,65 @@ class CloudClient:
         )
         return response.binary_data_id or response.file_id
 
-    async def _stream(self, method, metadata, first, chunks: ChunkSource, wrap):
-        """Client-streaming call: metadata message, then one message per chunk."""
-        timeout = self._timeout
+    async def _stream(self, method, metadata, first, chunks: ChunkSource | None, wrap):
+        """One call, step by step: the first message (the only one of a unary call), then
+        one message per chunk, then the answer and the status."""
         async with method.open(metadata=metadata) as stream:
-            async with asyncio.timeout(timeout):
-                await stream.send_message(first)
-            async for chunk in chunks():
-                # send_message waits for HTTP/2 flow control, which bounds memory.
-                async with asyncio.timeout(timeout):
-                    await stream.send_message(wrap(chunk))
-            async with asyncio.timeout(timeout):
-                await stream.end()
-                response = await stream.recv_message()
-            if response is None:  # the server closed without a message: read its status
-                async with asyncio.timeout(timeout):
-                    await stream.recv_trailing_metadata()
+            if chunks is None:
+                await self._step(stream, stream.send_message(first, end=True))
+            else:
+                await self._step(stream, stream.send_message(first))
+                async for chunk in chunks():
+                    # send_message waits for HTTP/2 flow control, which bounds memory.
+                    await self._step(stream, stream.send_message(wrap(chunk)))
+                await self._step(stream, stream.end())
+            response = await self._step(stream, stream.recv_message())
+            # the status, here rather than unbounded in the stream's __aexit__
+            await self._step(stream, stream.recv_trailing_metadata())
+            if response is None:  # the server closed with OK but without a message
                 raise GRPCError(Status.UNKNOWN, "server sent no response")
             return response
+
+    async def _step(self, stream, awaitable: Awaitable[T]) -> T:
+        """Await one step of a call; TimeoutError once ``call_timeout_s`` passed without
+        progress."""
+        task = asyncio.ensure_future(awaitable)
+        try:
+            last = _progress(stream)
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=self._timeout)
+                if done:
+                    return task.result()
+                now = _progress(stream)
+                if now is None or now == last:
+                    raise TimeoutError(f"no progress for {self._timeout:g} s")
+                last = now
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task})
+
+
+def _progress(stream: object) -> tuple[int, ...] | None:
+    """Numbers that change while a call's connection moves bytes to the server: the
+    kernel's queue of bytes the peer has not acknowledged, the transport's write buffer,
+    and the HTTP/2 send windows the server reopens as it reads. None before the call has
+    a connection (or if grpclib's internals moved: then every step simply times out
+    after ``call_timeout_s``, as if nothing moved)."""
+    h2_stream = getattr(stream, "_stream", None)  # grpclib's protocol.Stream, once sent
+    if h2_stream is None:
+        return None
+    try:
+        transport = h2_stream._transport
+        h2 = h2_stream._h2_connection
+        numbers = [transport.get_write_buffer_size(), h2.outbound_flow_control_window]
+        with contextlib.suppress(Exception):  # the stream's own window, while it is open
+            numbers.append(h2.local_flow_control_window(h2_stream.id))
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+                numbers.append(int.from_bytes(raw, sys.byteorder, signed=True))
+        return tuple(numbers)
+    except Exception:
+        return None

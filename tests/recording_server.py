@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from grpclib.const import Status
@@ -30,7 +30,13 @@ class Upload:
 
 class RecordingServer(data_sync_grpc.DataSyncServiceBase, auth_grpc.AuthServiceBase):
     """Records uploads in ``uploads``. ``unavailable`` calls fail with UNAVAILABLE first;
-    ``reject(upload)`` returning a message fails that upload with INVALID_ARGUMENT."""
+    ``reject(upload)`` returning a message fails that upload with INVALID_ARGUMENT.
+
+    ``on_message(upload, index, stream)``, if set, is awaited after each request message
+    is received (index 0: the first, with the metadata), before anything is recorded: to
+    hold a call (await an event, or forever), slow it down, fail it or cut the connection
+    (``cut(stream)``) half-way. ``issued`` lists every access token handed out.
+    """
 
     def __init__(self, api_key_id: str | None = None, api_key: str | None = None) -> None:
         self.uploads: list[Upload] = []
@@ -39,6 +45,9 @@ class RecordingServer(data_sync_grpc.DataSyncServiceBase, auth_grpc.AuthServiceB
         self.unavailable = 0
         self.reject: Callable[[Upload], str | None] = lambda upload: None
         self.delay_s = 0.0
+        self.on_message: Callable[[Upload, int, object], Awaitable[None]] | None = None
+        self.issued: list[str] = []
+        self.calls_started = 0  # upload calls whose first message arrived
         self._key_id = api_key_id
         self._key = api_key
         self._tokens: set[str] = set()
@@ -82,6 +91,7 @@ class RecordingServer(data_sync_grpc.DataSyncServiceBase, auth_grpc.AuthServiceB
             raise GRPCError(Status.UNAUTHENTICATED, "bad credentials")
         token = secrets.token_hex(8)
         self._tokens.add(token)
+        self.issued.append(token)
         await stream.send_message(auth_pb2.AuthenticateResponse(access_token=token))
 
     async def _admit(self, stream, upload: Upload) -> None:
@@ -101,9 +111,16 @@ class RecordingServer(data_sync_grpc.DataSyncServiceBase, auth_grpc.AuthServiceB
             raise GRPCError(Status.INVALID_ARGUMENT, message)
         self.uploads.append(upload)
 
+    async def _heard(self, upload: Upload, index: int, stream) -> None:
+        if index == 0:
+            self.calls_started += 1
+        if self.on_message is not None:
+            await self.on_message(upload, index, stream)
+
     async def DataCaptureUpload(self, stream) -> None:
         request = await stream.recv_message()
         upload = Upload("DataCaptureUpload", request.metadata, list(request.sensor_contents))
+        await self._heard(upload, 0, stream)
         await self._admit(stream, upload)
         await stream.send_message(
             ds.DataCaptureUploadResponse(file_id="f", binary_data_id=f"id{len(self.uploads)}")
@@ -112,9 +129,11 @@ class RecordingServer(data_sync_grpc.DataSyncServiceBase, auth_grpc.AuthServiceB
     async def FileUpload(self, stream) -> None:
         first = await stream.recv_message()
         upload = Upload("FileUpload", first.metadata)
+        await self._heard(upload, 0, stream)
         parts = []
         async for message in stream:
             parts.append(message.file_contents.data)
+            await self._heard(upload, len(parts), stream)
         upload.payload, upload.chunks = b"".join(parts), len(parts)
         await self._admit(stream, upload)
         await stream.send_message(ds.FileUploadResponse(binary_data_id=f"id{len(self.uploads)}"))
@@ -123,11 +142,19 @@ class RecordingServer(data_sync_grpc.DataSyncServiceBase, auth_grpc.AuthServiceB
         first = await stream.recv_message()
         upload = Upload("StreamingDataCaptureUpload", first.metadata.upload_metadata)
         upload.sensor_metadata = first.metadata.sensor_metadata
+        await self._heard(upload, 0, stream)
         parts = []
         async for message in stream:
             parts.append(message.data)
+            await self._heard(upload, len(parts), stream)
         upload.payload, upload.chunks = b"".join(parts), len(parts)
         await self._admit(stream, upload)
         await stream.send_message(
             ds.StreamingDataCaptureUploadResponse(binary_data_id=f"id{len(self.uploads)}")
         )
+
+
+def cut(stream) -> None:
+    """Drop the TCP connection under a server-side stream, as a crashing peer or a
+    middlebox would: no trailers, no RST_STREAM, just gone."""
+    stream._stream._transport.abort()
