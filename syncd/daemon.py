@@ -31,6 +31,7 @@ from syncd.linkctl import Throttle, in_windows, is_paused, pause_note, seconds_u
 from syncd.logs import setup_logging
 from syncd.outbox import AsyncOutbox, OutboxCounts
 from syncd.outbox_cli import human_age, human_bytes
+from syncd.outbox_repair import repair_outbox
 from syncd.systemd import Notifier
 from syncd.uploader import Uploader
 from syncd.watcher import Watcher
@@ -91,6 +92,8 @@ async def run_daemon(
     log.info("syncd %s starting (%s)", __version__, "once" if once else "daemon")
     for line in cfg.summary_lines():
         log.info("  %s", line)
+    # A damaged outbox is set aside and rebuilt rather than stopping every start.
+    await asyncio.to_thread(repair_outbox, cfg.state_dir)
     outbox = await AsyncOutbox.open(cfg.state_dir, durable=False)
     try:
         released = await outbox.release_all_inflight()
