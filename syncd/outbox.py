@@ -531,7 +531,7 @@ class Outbox:
                     db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            raise OutboxError(f"outbox {self.path}: {exc}") from exc
+            raise OutboxError(f"outbox {self.path}: {schema.explain(exc, self._dir)}") from exc
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -544,7 +544,7 @@ class Outbox:
             finally:
                 db.execute("COMMIT")
         except sqlite3.Error as exc:
-            raise OutboxError(f"outbox {self.path}: {exc}") from exc
+            raise OutboxError(f"outbox {self.path}: {schema.explain(exc, self._dir)}") from exc
 
     def _now(self, now: float | None) -> float:
         return self._clock() if now is None else now

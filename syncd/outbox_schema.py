@@ -153,19 +153,38 @@ def connect(
             path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
         )
     except sqlite3.Error as exc:
-        raise OutboxError(f"cannot open {path}: {exc}") from None
+        raise OutboxError(f"cannot open {path}: {explain(exc, state_dir)}") from None
     try:
         _retry_busy(lambda: _configure(conn, durable), busy_timeout_s)
         _retry_busy(lambda: migrate(conn), busy_timeout_s)
     except sqlite3.Error as exc:
         conn.close()
-        raise OutboxError(f"cannot open {path}: {exc}") from None
+        raise OutboxError(f"cannot open {path}: {explain(exc, state_dir)}") from None
     except BaseException:
         conn.close()
         raise
     if created:
         _fsync_dir(state_dir)
     return conn
+
+
+# Below this much free space, an SQLite error is most likely the disk being full.
+_NEARLY_FULL_BYTES = 1024 * 1024
+
+
+def explain(exc: sqlite3.Error, state_dir: Path) -> str:
+    """SQLite's message, plus the likely cause when the disk is (nearly) full: SQLite
+    says "disk I/O error" when it cannot even create its shared-memory file."""
+    text = str(exc)
+    try:
+        st = os.statvfs(state_dir)
+    except OSError:
+        return text
+    free = st.f_bavail * st.f_frsize
+    full = getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL"
+    if full or free < _NEARLY_FULL_BYTES:
+        text += f" (no space left: {free} bytes free on the disk of {state_dir})"
+    return text
 
 
 def _configure(conn: sqlite3.Connection, durable: bool = True) -> None:
