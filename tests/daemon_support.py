@@ -72,6 +72,8 @@ def _yaml(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, list | tuple):
         return "[" + ", ".join(map(str, value)) + "]"
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a YAML string: "[::1]:443" stays one
     return str(value)
 
 

@@ -56,9 +56,10 @@ class RecordingServer(data_sync_grpc.DataSyncServiceBase, auth_grpc.AuthServiceB
 
     # --- lifecycle -------------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1") -> RecordingServer:
+    async def start(self, host: str = "127.0.0.1", ssl=None) -> RecordingServer:
+        """Listen on ``host`` (a free port: ``port``), with TLS if ``ssl`` (an SSLContext)."""
         self._server = Server([self])
-        await self._server.start(host, 0)
+        await self._server.start(host, 0, ssl=ssl)
         self.port = self._server._server.sockets[0].getsockname()[1]
         return self
 
