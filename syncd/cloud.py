@@ -74,6 +74,7 @@ def make_ssl_context(ca_file: Path | None = None) -> ssl.SSLContext:
 class CloudClient:
     """A grpclib channel to a DataSyncService, authenticating with an API key if given.
 
+    ``connect_timeout_s`` (default: ``call_timeout_s``) bounds opening the connection.
     ``call_timeout_s`` bounds every step of a call (one message sent, the answer
     received) while nothing moves: a step fails after that long without progress, that is
     without the server taking any of the call's bytes (see :func:`_progress`). So a
@@ -93,6 +94,7 @@ class CloudClient:
         api_key_id: str | None = None,
         api_key: str | None = None,
         call_timeout_s: float = 60.0,
+        connect_timeout_s: float | None = None,
     ) -> None:
         self._channel = Channel(
             host, port, ssl=make_ssl_context(ca_file) if tls else None, codec=PassthroughCodec()
@@ -102,6 +104,7 @@ class CloudClient:
         self._key_id = api_key_id
         self._key = api_key
         self._timeout = call_timeout_s
+        self._connect_timeout = connect_timeout_s or call_timeout_s
         self._token: str | None = None
         self._auth_lock = asyncio.Lock()
         self.address = f"{host}:{port}"
@@ -122,7 +125,7 @@ class CloudClient:
                     entity=self._key_id or "",
                     credentials=auth_pb2.Credentials(type="api-key", payload=self._key),
                 )
-                response = await self._auth.Authenticate(request, timeout=self._timeout)
+                response = await self._stream(self._auth.Authenticate, None, request, None, None)
                 self._token = response.access_token
                 log.debug("authenticated with API key %s", self._key_id)
             return {"authorization": f"Bearer {self._token}"}
@@ -195,17 +198,19 @@ class CloudClient:
 
     async def _step(self, stream, awaitable: Awaitable[T]) -> T:
         """Await one step of a call; TimeoutError once ``call_timeout_s`` passed without
-        progress."""
+        progress (``connect_timeout_s`` while the call has no connection yet)."""
         task = asyncio.ensure_future(awaitable)
         try:
             last = _progress(stream)
             while True:
-                done, _ = await asyncio.wait({task}, timeout=self._timeout)
+                wait = self._timeout if last is not None else self._connect_timeout
+                done, _ = await asyncio.wait({task}, timeout=wait)
                 if done:
                     return task.result()
                 now = _progress(stream)
                 if now is None or now == last:
-                    raise TimeoutError(f"no progress for {self._timeout:g} s")
+                    what = "progress" if now is not None else "connection"
+                    raise TimeoutError(f"no {what} for {wait:g} s")
                 last = now
         finally:
             if not task.done():

@@ -60,6 +60,7 @@ async def _transport(cfg: Config) -> AsyncIterator[tuple[CloudClient, str]]:
             api_key_id=cfg.cloud.api_key_id,
             api_key=cfg.cloud.api_key,
             call_timeout_s=cfg.cloud.call_timeout_s,
+            connect_timeout_s=cfg.cloud.connect_timeout_s,
         )
         try:
             yield client, cfg.cloud.address

@@ -550,3 +550,47 @@ async def test_file_changed_during_its_upload_is_never_acked_as_old(tmp_path, ch
 
 def test_hashes_are_what_the_helpers_say():
     assert sha256(b"x") == hashlib.sha256(b"x").hexdigest()
+
+
+# --- a receiver that never completes the TCP handshake ---------------------------------
+
+
+async def test_connect_timeout_bounds_a_connection_that_never_opens():
+    """A listener whose backlog is full drops SYNs: connecting hangs as it does towards
+    an address that swallows packets. cloud.connect_timeout_s ends the attempt, not the
+    much longer call_timeout_s (the setting used to be read and then ignored)."""
+    import socket
+
+    from syncd.cloud import CloudClient
+    from syncd.config import parse_config
+    from syncd.daemon import _transport
+    from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(4):  # fill the accept queue; later handshakes never finish
+            s = socket.socket()
+            s.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                s.connect(("127.0.0.1", port))
+            fillers.append(s)
+        await asyncio.sleep(0.2)
+        cfg = parse_config(
+            f"part_id: p\ncloud:\n  address: 127.0.0.1:{port}\n  tls: false\n"
+            "  connect_timeout_s: 0.5\n  call_timeout_s: 30\n"
+        )
+        request = ds.DataCaptureUploadRequest(metadata=ds.UploadMetadata(part_id="p"))
+        async with _transport(cfg) as (client, _):
+            assert isinstance(client, CloudClient)
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(client.data_capture_upload(request), 20)
+            assert time.monotonic() - started < 3
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()
