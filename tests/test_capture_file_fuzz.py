@@ -212,6 +212,73 @@ def test_forged_length_prefixes_allocate_little(scratch, file, claims, tail):
     assert peak < 256 * 1024 + 8 * len(data)
 
 
+def read_everything(path, large: int) -> None:
+    """Every way the daemon reads a capture file: records (with payloads) and raw frames
+    (the tabular upload path), the latter with and without their prefixes."""
+    read_checked(path, large_reading_bytes=large, buffer_size=4096)
+    try:
+        reader = CaptureReader(path, large_reading_bytes=large, buffer_size=4096)
+    except CaptureFileError:
+        return
+    with reader:
+        for delimited_ in (False, True):
+            raws = list(reader.iter_raw(delimited=delimited_))
+            assert sum(map(len, raws)) + reader.dropped_bytes <= reader.size
+
+
+def peak_allocation(read) -> int:
+    tracemalloc.start()
+    try:
+        read()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    claim=st.integers(0, 2**64 - 1),
+    tail=st.binary(max_size=64),
+    large=THRESHOLDS,
+)
+def test_forged_header_prefix_allocates_little(scratch, claim, tail, large):
+    scratch.write_bytes(encode_uvarint(claim) + tail)
+    read_everything(scratch, 0)  # once untraced: protobuf builds lazy state on first use
+    assert peak_allocation(lambda: read_everything(scratch, large)) < 256 * 1024
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    file=capture_bytes(),
+    claims=st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=3),
+    tail=st.binary(max_size=64),
+)
+def test_forged_prefixes_allocate_little_on_the_raw_path_too(scratch, file, claims, tail):
+    data, _, _ = file
+    scratch.write_bytes(data + b"".join(encode_uvarint(c) for c in claims) + tail)
+    read_everything(scratch, 0)
+    for large in (0, 1_000_000):
+        peak = peak_allocation(lambda large=large: read_everything(scratch, large))
+        assert peak < 256 * 1024 + 8 * len(data)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    field=st.sampled_from([1, 2, 3]),  # metadata, struct, binary
+    claim=st.integers(0, 2**64 - 1),
+    body=st.binary(max_size=200),
+    large=THRESHOLDS,
+)
+def test_forged_lengths_inside_a_reading_allocate_little(scratch, field, claim, body, large):
+    # a frame whose own length is right, holding a field whose length prefix lies
+    reading = encode_uvarint(field << 3 | 2) + encode_uvarint(claim) + body
+    data = delimited(binary_header().SerializeToString(), reading)
+    scratch.write_bytes(data)
+    read_everything(scratch, 0)
+    peak = peak_allocation(lambda: read_everything(scratch, large))
+    assert peak < 256 * 1024 + 8 * len(data)
+
+
 # --- the pure helpers -----------------------------------------------------------------------
 
 
