@@ -40,5 +40,17 @@ protos: $(BIN)/syncd
 bench: $(BIN)/syncd
 	for script in bench/outbox.py bench/sync.py; do $(BIN)/python $$script || exit 1; done
 
+# Long reliability runs, outside CI (tests/test_chaos.py is the short one): SOAK_S seconds
+# of `syncd run` and `syncd sink` killed at random (SYNCD_CHAOS_SEED=N to replay a
+# schedule), then FUZZ_S seconds of coverage-guided fuzzing of the capture-file reader if
+# atheris is installed (pip install atheris).
+SOAK_S ?= 600
+FUZZ_S ?= 600
+soak: $(BIN)/syncd
+	$(BIN)/python bench/chaos.py --duration $(SOAK_S)
+	if $(BIN)/python -c "import atheris" 2>/dev/null; then \
+		$(BIN)/python bench/fuzz_capture.py -max_total_time=$(FUZZ_S) -rss_limit_mb=2048; \
+	else echo "atheris is not installed: skipping bench/fuzz_capture.py"; fi
+
 clean:
 	rm -rf $(VENV) $(VIAM_VENV) run build *.egg-info .pytest_cache .ruff_cache .hypothesis
