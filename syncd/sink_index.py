@@ -7,7 +7,7 @@ store's sidecars when it is missing, unreadable or of another schema version; ot
 sink reconciles it with the files at start-up and at every store sweep, which picks up
 files added or removed while no sink was indexing (e.g. by a forwarding syncd).
 
-Schema (version 1, kept in ``PRAGMA user_version``)::
+Schema (version 4, kept in ``PRAGMA user_version``)::
 
     items          one row per data file (binary reading, uploaded file or tabular upload):
                    id, kind, path in the store, part/component/method, MIME type, file
@@ -18,6 +18,11 @@ Schema (version 1, kept in ``PRAGMA user_version``)::
     item_labels    bounding-box labels of a binary reading's annotations, indexed by label
     item_datasets  dataset ids of an item, indexed by dataset id
     pending        files whose rows may disagree with the disk while a change is applied
+
+Pages are keyset-paged (the cursor is the last row's sort key). SQLite keeps no statistics
+here, so a page query first walks the next :data:`_WALK` rows in time order, and when that
+does not fill the page it fetches every match and sorts it, starting from the smallest
+set its filter names (see :func:`_driver`).
 
 Semantics, where Viam's API leaves a choice:
 
@@ -87,8 +92,10 @@ from syncd.sink_store import CorruptStoreFile, StoredItem, iter_store, load_item
 log = logging.getLogger("syncd.sink")
 
 INDEX_NAME = ".index.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 4
 DEFAULT_LIMIT = 50
+_WALK = 2000  # rows a page query walks in time order before it fetches and sorts instead
+_COUNT_UP_TO = 100_000  # how far _driver() counts the items a filter value names
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NS = 1_000_000_000
@@ -99,6 +106,8 @@ CREATE TABLE items (
     rowid INTEGER PRIMARY KEY,
     id TEXT NOT NULL,
     kind TEXT NOT NULL,
+    tabular INTEGER NOT NULL,
+    tagged INTEGER NOT NULL,
     path TEXT NOT NULL UNIQUE,
     part_id TEXT NOT NULL,
     component_type TEXT NOT NULL,
@@ -109,18 +118,20 @@ CREATE TABLE items (
     file_ext TEXT NOT NULL,
     size_bytes INTEGER NOT NULL,
     payload_offset INTEGER NOT NULL,
+    readings INTEGER NOT NULL,
     t INTEGER NOT NULL,
     t_received INTEGER NOT NULL,
     annotations BLOB,
     params BLOB
 );
 CREATE INDEX items_id ON items(id);
-CREATE INDEX items_kind_t ON items(kind, t, path);
-CREATE INDEX items_component_name ON items(component_name, t);
-CREATE INDEX items_component_type ON items(component_type, t);
-CREATE INDEX items_method ON items(method_name, t);
-CREATE INDEX items_part ON items(part_id, t);
-CREATE INDEX items_mime ON items(mime_type, t);
+CREATE INDEX items_t ON items(tabular, t, path);
+CREATE INDEX items_component_name ON items(tabular, component_name, t, path);
+CREATE INDEX items_component_type ON items(tabular, component_type, t, path);
+CREATE INDEX items_method ON items(tabular, method_name, t, path);
+CREATE INDEX items_part ON items(tabular, part_id, t, path);
+CREATE INDEX items_mime ON items(tabular, mime_type, t, path);
+CREATE INDEX items_tagged ON items(tabular, tagged, t, path);
 CREATE TABLE readings (
     rowid INTEGER PRIMARY KEY,
     item INTEGER NOT NULL REFERENCES items(rowid) ON DELETE CASCADE,
@@ -389,21 +400,71 @@ def _where(flt: ItemFilter, identity: CaptureIdentity, tcol: str) -> tuple[str, 
         args.append(flt.end_ns)
     mode = flt.tags_mode
     if mode == TagsMode.TAGGED:
-        conds.append("EXISTS (SELECT 1 FROM item_tags g WHERE g.item = i.rowid)")
+        conds.append("i.tagged = 1")
     elif mode == TagsMode.UNTAGGED:
-        conds.append("NOT EXISTS (SELECT 1 FROM item_tags g WHERE g.item = i.rowid)")
-    elif flt.tags:
-        conds.append(f"i.rowid IN (SELECT item FROM item_tags WHERE tag IN ({_qmarks(flt.tags)}))")
-        args.extend(flt.tags)
-    if flt.bbox_labels:
+        conds.append("i.tagged = 0")
+    # checked item by item through (item, value) indexes; _driver() starts from the values
+    for table, column, values in _value_filters(flt):
         conds.append(
-            f"i.rowid IN (SELECT item FROM item_labels WHERE label IN ({_qmarks(flt.bbox_labels)}))"
+            f"EXISTS (SELECT 1 FROM {table} v WHERE v.item = i.rowid "
+            f"AND v.{column} IN ({_qmarks(values)}))"
         )
-        args.extend(flt.bbox_labels)
-    if flt.dataset_id:
-        conds.append("i.rowid IN (SELECT item FROM item_datasets WHERE dataset_id = ?)")
-        args.append(flt.dataset_id)
+        args.extend(values)
     return (" AND ".join(conds) or "1"), args
+
+
+def _value_filters(flt: ItemFilter) -> list[tuple[str, str, list[str]]]:
+    """The filters on tags, labels and datasets: (table, column, any of these values)."""
+    out = []
+    if flt.tags and flt.tags_mode in (TagsMode.UNSPECIFIED, TagsMode.MATCH_BY_OR):
+        out.append(("item_tags", "tag", list(flt.tags)))
+    if flt.bbox_labels:
+        out.append(("item_labels", "label", list(flt.bbox_labels)))
+    if flt.dataset_id:
+        out.append(("item_datasets", "dataset_id", [flt.dataset_id]))
+    return out
+
+
+def _driver(conn: sqlite3.Connection, flt: ItemFilter, tabular: bool) -> tuple[str, list[Any]]:
+    """The items a query starts from: those of its rarest tag, label or dataset filter, or
+    every item when a column filter (component, method, part) names fewer (the planner
+    then uses that column's index). Counted here, up to a bound, as SQLite has no
+    statistics to tell a rare value from a common one."""
+    best: tuple[int, str, list[Any]] | None = None
+    for table, column, values in _value_filters(flt):
+        sql = f"SELECT item FROM {table} WHERE {column} IN ({_qmarks(values)})"
+        count = conn.execute(f"SELECT count(*) FROM ({sql} LIMIT {_COUNT_UP_TO})", values)
+        n = count.fetchone()[0]
+        if best is None or n < best[0]:
+            best = (n, sql, values)
+    if best is None:
+        return "items i", []
+    for column, value in (
+        ("component_name", flt.component_name),
+        ("component_type", flt.component_type),
+        ("method_name", flt.method),
+        ("part_id", flt.part_id),
+    ):
+        if value:
+            sql = f"SELECT 1 FROM items WHERE tabular = ? AND {column} = ? LIMIT {_COUNT_UP_TO}"
+            n = conn.execute(f"SELECT count(*) FROM ({sql})", (tabular, value)).fetchone()[0]
+            if n < best[0]:
+                return "items i", []
+    return (
+        f"(SELECT DISTINCT item FROM ({best[1]})) d CROSS JOIN items i ON i.rowid = d.item",
+        best[2],
+    )
+
+
+def _time_conds(flt: ItemFilter, column: str) -> tuple[str, list[Any]]:
+    conds, args = [], []
+    if flt.start_ns is not None:
+        conds.append(f" AND {column} >= ?")
+        args.append(flt.start_ns)
+    if flt.end_ns is not None:
+        conds.append(f" AND {column} < ?")
+        args.append(flt.end_ns)
+    return "".join(conds), args
 
 
 @contextlib.contextmanager
@@ -623,14 +684,26 @@ class SinkIndex:
             for key, value in um.method_parameters.items():
                 holder.method_parameters[key].CopyFrom(value)
             params = holder.SerializeToString(deterministic=True)
+        rows = []
+        if item.kind == "tabular":
+            if readings is None:
+                readings = _read_tabular(item.path)
+            for index, reading in enumerate(readings):
+                sm_r = reading.metadata if reading.HasField("metadata") else None
+                t_r, t_recv_r = item_times(item, sm_r)
+                data = reading.struct.SerializeToString(deterministic=True)
+                rows.append((item.id, index, t_r, t_recv_r, data))
         conn.execute("DELETE FROM items WHERE path = ?", (rel,))
         rowid = conn.execute(
-            "INSERT INTO items (id, kind, path, part_id, component_type, component_name, "
-            "method_name, mime_type, file_name, file_ext, size_bytes, payload_offset, t, "
-            "t_received, annotations, params) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO items (id, kind, tabular, tagged, path, part_id, component_type, "
+            "component_name, method_name, mime_type, file_name, file_ext, size_bytes, "
+            "payload_offset, readings, t, t_received, annotations, params) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 item.id,
                 item.kind,
+                item.kind == "tabular",
+                any(um.tags),
                 rel,
                 um.part_id,
                 um.component_type,
@@ -641,6 +714,7 @@ class SinkIndex:
                 um.file_extension,
                 item.size_bytes,
                 offset,
+                len(rows),
                 t,
                 t_received,
                 annotations,
@@ -649,7 +723,7 @@ class SinkIndex:
         ).lastrowid
         conn.executemany(
             "INSERT OR IGNORE INTO item_tags (item, tag) VALUES (?, ?)",
-            [(rowid, tag) for tag in um.tags],
+            [(rowid, tag) for tag in um.tags if tag],
         )
         conn.executemany(
             "INSERT OR IGNORE INTO item_datasets (item, dataset_id) VALUES (?, ?)",
@@ -659,20 +733,10 @@ class SinkIndex:
             "INSERT OR IGNORE INTO item_labels (item, label) VALUES (?, ?)",
             [(rowid, label) for label in labels],
         )
-        if item.kind == "tabular":
-            if readings is None:
-                readings = _read_tabular(item.path)
-            rows = []
-            for index, reading in enumerate(readings):
-                sm_r = reading.metadata if reading.HasField("metadata") else None
-                t_r, t_recv_r = item_times(item, sm_r)
-                data = reading.struct.SerializeToString(deterministic=True)
-                rows.append((rowid, item.id, index, t_r, t_recv_r, data))
-            conn.executemany(
-                "INSERT INTO readings (item, upload, idx, t, t_received, data) "
-                "VALUES (?,?,?,?,?,?)",
-                rows,
-            )
+        conn.executemany(
+            "INSERT INTO readings (item, upload, idx, t, t_received, data) VALUES (?,?,?,?,?,?)",
+            [(rowid, *row) for row in rows],
+        )
 
     # queries
 
@@ -691,20 +755,38 @@ class SinkIndex:
         otherwise ``count`` is the number of rows. ``last`` resumes after a row's cursor;
         an empty page keeps the ``last`` it was given. ValueError for a bad cursor.
         """
-        where, args = _where(flt or ItemFilter(), self.identity, "i.t")
+        flt = flt or ItemFilter()
+        where, args = _where(flt, self.identity, "i.t")
         conn = self._conn()
-        sql = f"FROM items i WHERE i.kind != 'tabular' AND {where}"
         if count_only:
-            return Page(count=conn.execute(f"SELECT count(*) {sql}", args).fetchone()[0])
-        if last:
-            t, path = _decode_cursor(last, "b", 2)
-            sql += f" AND (i.t, i.path) {'>' if ascending else '<'} (?, ?)"
-            args += [t, path]
+            source, source_args = _driver(conn, flt, False)
+            sql = f"SELECT count(*) FROM {source} WHERE i.tabular = 0 AND {where}"
+            return Page(count=conn.execute(sql, source_args + args).fetchone()[0])
         order = "ASC" if ascending else "DESC"
+        keyset, keyset_args = "", []
+        if last:
+            keyset = f" AND (i.t, i.path) {'>' if ascending else '<'} (?, ?)"
+            keyset_args = _decode_cursor(last, "b", 2)
+        times, time_args = _time_conds(flt, "i.t")
+        tail = f" ORDER BY i.t {order}, i.path {order} LIMIT ?"
+        limit = limit or DEFAULT_LIMIT
+        # first the next _WALK items in order: enough when matches are not rare
+        window = (
+            f"SELECT i.rowid AS id FROM items i WHERE i.tabular = 0{times}{keyset}"
+            f" ORDER BY i.t {order}, i.path {order} LIMIT {_WALK}"
+        )
         rows = conn.execute(
-            f"SELECT {_BINARY_COLUMNS} {sql} ORDER BY i.t {order}, i.path {order} LIMIT ?",
-            [*args, limit or DEFAULT_LIMIT],
+            f"SELECT {_BINARY_COLUMNS} FROM ({window}) w CROSS JOIN items i ON i.rowid = w.id "
+            f"WHERE {where}{tail}",
+            [*time_args, *keyset_args, *args, limit],
         ).fetchall()
+        if len(rows) < limit:  # else fetch every match (from the rarest list) and sort
+            source, source_args = _driver(conn, flt, False)
+            rows = conn.execute(
+                f"SELECT {_BINARY_COLUMNS} FROM {source} WHERE i.tabular = 0 AND {where}"
+                f"{keyset}{tail}",
+                [*source_args, *args, *keyset_args, limit],
+            ).fetchall()
         found = self._binary_rows(conn, rows)
         return Page(found, found[-1].cursor if found else last, len(found))
 
@@ -717,7 +799,7 @@ class SinkIndex:
             chunk = wanted[start : start + 500]
             rows += conn.execute(
                 f"SELECT {_BINARY_COLUMNS} FROM items i "
-                f"WHERE i.kind != 'tabular' AND i.id IN ({_qmarks(chunk)}) ORDER BY i.path",
+                f"WHERE i.tabular = 0 AND i.id IN ({_qmarks(chunk)}) ORDER BY i.path",
                 chunk,
             ).fetchall()
         position = {item_id: n for n, item_id in enumerate(wanted)}
@@ -733,21 +815,39 @@ class SinkIndex:
         count_only: bool = False,
     ) -> Page[TabularRow]:
         """A page of tabular readings matching ``flt``; as :meth:`binary_page` otherwise."""
-        where, args = _where(flt or ItemFilter(), self.identity, "r.t")
+        flt = flt or ItemFilter()
+        where, args = _where(flt, self.identity, "r.t")
         conn = self._conn()
-        sql = f"FROM readings r JOIN items i ON i.rowid = r.item WHERE {where}"
+        uploads, uploads_args = _driver(conn, flt, True)
+        from_uploads = f"{uploads} CROSS JOIN readings r ON r.item = i.rowid"
         if count_only:
-            return Page(count=conn.execute(f"SELECT count(*) {sql}", args).fetchone()[0])
-        if last:
-            t, upload, idx = _decode_cursor(last, "t", 3)
-            sql += f" AND (r.t, r.upload, r.idx) {'>' if ascending else '<'} (?, ?, ?)"
-            args += [t, upload, idx]
+            sql = f"SELECT count(*) FROM {from_uploads} WHERE i.tabular = 1 AND {where}"
+            return Page(count=conn.execute(sql, uploads_args + args).fetchone()[0])
         order = "ASC" if ascending else "DESC"
+        keyset, keyset_args = "", []
+        if last:
+            keyset = f" AND (r.t, r.upload, r.idx) {'>' if ascending else '<'} (?, ?, ?)"
+            keyset_args = _decode_cursor(last, "t", 3)
+        times, time_args = _time_conds(flt, "r.t")
+        columns = "r.item, r.upload, r.idx, r.t, r.t_received, r.data"
+        tail = f" ORDER BY r.t {order}, r.upload {order}, r.idx {order} LIMIT ?"
+        limit = limit or DEFAULT_LIMIT
+        # first the next _WALK readings in order: enough when matches are not rare
+        window = (
+            f"SELECT r.rowid AS id FROM readings r WHERE 1{times}{keyset}"
+            f" ORDER BY r.t {order}, r.upload {order}, r.idx {order} LIMIT {_WALK}"
+        )
         rows = conn.execute(
-            f"SELECT r.item, r.upload, r.idx, r.t, r.t_received, r.data {sql} "
-            f"ORDER BY r.t {order}, r.upload {order}, r.idx {order} LIMIT ?",
-            [*args, limit or DEFAULT_LIMIT],
+            f"SELECT {columns} FROM ({window}) w CROSS JOIN readings r ON r.rowid = w.id "
+            f"CROSS JOIN items i ON i.rowid = r.item WHERE i.tabular = 1 AND {where}{tail}",
+            [*time_args, *keyset_args, *args, limit],
         ).fetchall()
+        if len(rows) < limit:  # else fetch the matching uploads' readings and sort
+            rows = conn.execute(
+                f"SELECT {columns} FROM {from_uploads} WHERE i.tabular = 1 AND {where}"
+                f"{keyset}{tail}",
+                [*uploads_args, *args, *keyset_args, limit],
+            ).fetchall()
         metas = self._metas(conn, {row[0] for row in rows})
         found = [
             TabularRow(
@@ -766,14 +866,20 @@ class SinkIndex:
         return self._distinct("item_labels", "label", flt)
 
     def _distinct(self, table: str, column: str, flt: ItemFilter | None) -> list[str]:
+        """Each distinct value (found by skipping through the value index, as there are
+        few), kept if some matching item has it: no pass over every tagged item."""
         where, args = _where(flt or ItemFilter(), self.identity, "i.t")
-        rows = self._conn().execute(
-            f"SELECT DISTINCT {column} FROM {table} WHERE item IN "
-            f"(SELECT i.rowid FROM items i WHERE i.kind != 'tabular' AND {where}) "
-            f"ORDER BY {column}",
-            args,
+        conn = self._conn()
+        values = conn.execute(
+            f"WITH RECURSIVE v(x) AS (SELECT min({column}) FROM {table} UNION ALL "
+            f"SELECT (SELECT min({column}) FROM {table} WHERE {column} > v.x) FROM v "
+            "WHERE v.x IS NOT NULL) SELECT x FROM v WHERE x IS NOT NULL"
+        ).fetchall()
+        probe = (
+            f"SELECT 1 FROM {table} g JOIN items i ON i.rowid = g.item "
+            f"WHERE g.{column} = ? AND i.tabular = 0 AND {where} LIMIT 1"
         )
-        return [row[0] for row in rows]
+        return [x for (x,) in values if conn.execute(probe, [x, *args]).fetchone()]
 
     def _binary_rows(self, conn: sqlite3.Connection, rows: list[Any]) -> list[BinaryRow]:
         rowids = [row[0] for row in rows]
@@ -918,8 +1024,8 @@ class SinkIndex:
             where, args = _where(flt, self.identity, "r.t")
             matched: dict[int, tuple[str, set[int]]] = {}
             for item, rel, idx in conn.execute(
-                f"SELECT r.item, i.path, r.idx FROM readings r JOIN items i ON i.rowid = r.item "
-                f"WHERE {where}",
+                "SELECT r.item, i.path, r.idx FROM readings r JOIN items i ON i.rowid = r.item "
+                f"WHERE i.tabular = 1 AND {where}",
                 args,
             ):
                 matched.setdefault(item, (rel, set()))[1].add(idx)
@@ -962,14 +1068,14 @@ class SinkIndex:
         """(rowid, path) of the binary data a filter or a list of ids names."""
         if isinstance(target, ItemFilter):
             where, args = _where(target, self.identity, "i.t")
-            sql = f"SELECT i.rowid, i.path FROM items i WHERE i.kind != 'tabular' AND {where}"
+            sql = f"SELECT i.rowid, i.path FROM items i WHERE i.tabular = 0 AND {where}"
             return conn.execute(sql + " ORDER BY i.path", args).fetchall()
         ids = list(dict.fromkeys(target))
         out = []
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             out += conn.execute(
-                "SELECT i.rowid, i.path FROM items i WHERE i.kind != 'tabular' "
+                "SELECT i.rowid, i.path FROM items i WHERE i.tabular = 0 "
                 f"AND i.id IN ({_qmarks(chunk)})",
                 chunk,
             ).fetchall()

@@ -17,13 +17,14 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from google.protobuf import struct_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from syncd import mapping
+from syncd import mapping, sink_index
 from syncd.cloud import CloudClient
 from syncd.data_api import item_filter
 from syncd.gen.app.data.v1 import data_pb2 as pb
@@ -274,12 +275,23 @@ def _tabular_key(data: bytes) -> str:
     return str(struct_pb2.Struct.FromString(data)["k"])
 
 
-@given(data=st.data(), limit=st.integers(1, 9), ascending=st.booleans())
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.data(),
+    limit=st.integers(1, 9),
+    ascending=st.booleans(),
+    walk=st.sampled_from([0, 3, 2000]),
+)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_filters_match_a_brute_force_scan(
-    corpus: Corpus, data: st.DataObject, limit: int, ascending: bool
+    corpus: Corpus, data: st.DataObject, limit: int, ascending: bool, walk: int
 ) -> None:
-    f = data.draw(filters(corpus.times))
+    """``walk`` is how far a page query walks in time order before it fetches all its
+    matches and sorts them, so that both ways, and their hand-over, are checked."""
+    with mock.patch.object(sink_index, "_WALK", walk):
+        check_filter(corpus, data.draw(filters(corpus.times)), limit, ascending)
+
+
+def check_filter(corpus: Corpus, f: pb.Filter, limit: int, ascending: bool) -> None:
     flt = item_filter(f)
     index = corpus.index
     want_binary = [r for r in corpus.binaries if admits(r, f)]
