@@ -112,6 +112,8 @@ class DiskGuard:
         """The capture filesystem's usage, or None (with one warning) when unreadable."""
         try:
             usage = await asyncio.to_thread(disk_usage, self._statvfs, str(self.cfg.capture_dir))
+        except FileNotFoundError:
+            return None  # not created yet: the watcher makes it, the next check measures
         except OSError as exc:
             if not self._unreadable:
                 self._unreadable = True

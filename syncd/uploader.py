@@ -30,6 +30,7 @@ from syncd.config import Config
 from syncd.errors import CaptureFileError, OutboxError, SourceError
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
 from syncd.outbox import AsyncOutbox, ClaimedFile, ClaimedReading, FileItem
+from syncd.outbox_cli import human_bytes
 from syncd.retry import Connectivity, Verdict, backoff_delay, classify, describe
 from syncd.sink_store import forwarded_metadata, sidecar_path
 
@@ -518,8 +519,13 @@ class Uploader:
         if item.kind == "file":
             self._uploaded("file", 1, nbytes, time.monotonic() - elapsed)
         self._on_file_done(item.path)
-        rate = nbytes / elapsed / 1e6 if elapsed > 0 else 0.0
-        log.debug("uploaded %s (%d bytes, %.1f MB/s)", item.path, nbytes, rate)
+        if item.kind == "file":
+            # Arbitrary files (logs, bags, videos) are few and an operator looks for them;
+            # capture files come every few seconds and show in the summary instead.
+            rate = nbytes / elapsed / 1e6 if elapsed > 0 else 0.0
+            log.info("uploaded %s (%s, %.1f MB/s)", item.path, human_bytes(nbytes), rate)
+        else:
+            log.debug("uploaded %s (%s)", item.path, human_bytes(item.size))
 
     def _file_chunks(
         self, path: str, size: int, offset: int = 0
