@@ -380,24 +380,15 @@ def _where(flt: ItemFilter, identity: CaptureIdentity, tcol: str) -> tuple[str, 
         return "0", []
     conds: list[str] = []
     args: list[Any] = []
-    for column, value in (
-        ("component_name", flt.component_name),
-        ("component_type", flt.component_type),
-        ("method_name", flt.method),
-        ("part_id", flt.part_id),
-    ):
-        if value:
-            conds.append(f"i.{column} = ?")
-            args.append(value)
+    for column, value in _column_filters(flt):
+        conds.append(f"i.{column} = ?")
+        args.append(value)
     if flt.mime_types:
         conds.append(f"i.mime_type IN ({_qmarks(flt.mime_types)})")
         args.extend(flt.mime_types)
-    if flt.start_ns is not None:
-        conds.append(f"{tcol} >= ?")
-        args.append(flt.start_ns)
-    if flt.end_ns is not None:
-        conds.append(f"{tcol} < ?")
-        args.append(flt.end_ns)
+    times, time_args = _time_conds(flt, tcol)
+    conds += times
+    args += time_args
     mode = flt.tags_mode
     if mode == TagsMode.TAGGED:
         conds.append("i.tagged = 1")
@@ -411,6 +402,32 @@ def _where(flt: ItemFilter, identity: CaptureIdentity, tcol: str) -> tuple[str, 
         )
         args.extend(values)
     return (" AND ".join(conds) or "1"), args
+
+
+def _column_filters(flt: ItemFilter) -> list[tuple[str, str]]:
+    """The filters on indexed item columns: (column, value)."""
+    return [
+        (column, value)
+        for column, value in (
+            ("component_name", flt.component_name),
+            ("component_type", flt.component_type),
+            ("method_name", flt.method),
+            ("part_id", flt.part_id),
+        )
+        if value
+    ]
+
+
+def _time_conds(flt: ItemFilter, column: str) -> tuple[list[str], list[Any]]:
+    """The interval's conditions on a time column: start included, end excluded."""
+    conds, args = [], []
+    if flt.start_ns is not None:
+        conds.append(f"{column} >= ?")
+        args.append(flt.start_ns)
+    if flt.end_ns is not None:
+        conds.append(f"{column} < ?")
+        args.append(flt.end_ns)
+    return conds, args
 
 
 def _value_filters(flt: ItemFilter) -> list[tuple[str, str, list[str]]]:
@@ -439,32 +456,15 @@ def _driver(conn: sqlite3.Connection, flt: ItemFilter, tabular: bool) -> tuple[s
             best = (n, sql, values)
     if best is None:
         return "items i", []
-    for column, value in (
-        ("component_name", flt.component_name),
-        ("component_type", flt.component_type),
-        ("method_name", flt.method),
-        ("part_id", flt.part_id),
-    ):
-        if value:
-            sql = f"SELECT 1 FROM items WHERE tabular = ? AND {column} = ? LIMIT {_COUNT_UP_TO}"
-            n = conn.execute(f"SELECT count(*) FROM ({sql})", (tabular, value)).fetchone()[0]
-            if n < best[0]:
-                return "items i", []
+    for column, value in _column_filters(flt):
+        sql = f"SELECT 1 FROM items WHERE tabular = ? AND {column} = ? LIMIT {_COUNT_UP_TO}"
+        n = conn.execute(f"SELECT count(*) FROM ({sql})", (tabular, value)).fetchone()[0]
+        if n < best[0]:
+            return "items i", []
     return (
         f"(SELECT DISTINCT item FROM ({best[1]})) d CROSS JOIN items i ON i.rowid = d.item",
         best[2],
     )
-
-
-def _time_conds(flt: ItemFilter, column: str) -> tuple[str, list[Any]]:
-    conds, args = [], []
-    if flt.start_ns is not None:
-        conds.append(f" AND {column} >= ?")
-        args.append(flt.start_ns)
-    if flt.end_ns is not None:
-        conds.append(f" AND {column} < ?")
-        args.append(flt.end_ns)
-    return "".join(conds), args
 
 
 @contextlib.contextmanager
@@ -768,11 +768,12 @@ class SinkIndex:
             keyset = f" AND (i.t, i.path) {'>' if ascending else '<'} (?, ?)"
             keyset_args = _decode_cursor(last, "b", 2)
         times, time_args = _time_conds(flt, "i.t")
+        within = "".join(f" AND {cond}" for cond in times)
         tail = f" ORDER BY i.t {order}, i.path {order} LIMIT ?"
         limit = limit or DEFAULT_LIMIT
         # first the next _WALK items in order: enough when matches are not rare
         window = (
-            f"SELECT i.rowid AS id FROM items i WHERE i.tabular = 0{times}{keyset}"
+            f"SELECT i.rowid AS id FROM items i WHERE i.tabular = 0{within}{keyset}"
             f" ORDER BY i.t {order}, i.path {order} LIMIT {_WALK}"
         )
         rows = conn.execute(
@@ -829,12 +830,13 @@ class SinkIndex:
             keyset = f" AND (r.t, r.upload, r.idx) {'>' if ascending else '<'} (?, ?, ?)"
             keyset_args = _decode_cursor(last, "t", 3)
         times, time_args = _time_conds(flt, "r.t")
+        within = "".join(f" AND {cond}" for cond in times)
         columns = "r.item, r.upload, r.idx, r.t, r.t_received, r.data"
         tail = f" ORDER BY r.t {order}, r.upload {order}, r.idx {order} LIMIT ?"
         limit = limit or DEFAULT_LIMIT
         # first the next _WALK readings in order: enough when matches are not rare
         window = (
-            f"SELECT r.rowid AS id FROM readings r WHERE 1{times}{keyset}"
+            f"SELECT r.rowid AS id FROM readings r WHERE 1{within}{keyset}"
             f" ORDER BY r.t {order}, r.upload {order}, r.idx {order} LIMIT {_WALK}"
         )
         rows = conn.execute(
