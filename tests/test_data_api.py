@@ -700,3 +700,23 @@ async def test_new_uploads_are_queryable_at_once(served: Served) -> None:
     response = await served.stub.BinaryDataByIDs(sdk.binary_data_by_ids([binary_id]))
     assert [i.binary for i in response.data] == [b"rear-frame"]
     assert response.data[0].metadata.capture_metadata.part_id == "p2"
+
+
+def test_identity_comes_from_the_sink_config(tmp_path: Path) -> None:
+    from syncd.errors import ConfigError
+    from syncd.sink_config import load_sink_config
+
+    path = tmp_path / "sink.yaml"
+    path.write_text(
+        "listen: 127.0.0.1:0\nstore: store\norganization_id: org-1\nlocation_id: loc-1\n"
+        "robot_id: robot-1\nrobot_name: rover\npart_name: rover-main\n"
+    )
+    cfg = load_sink_config(path)
+    assert cfg.identity == IDENTITY
+    assert load_sink_config(None, {"listen": "127.0.0.1:0", "store": "s"}).identity == (
+        CaptureIdentity()
+    )
+    path.write_text("listen: 127.0.0.1:0\nstore: store\norganization_id: 12\n")
+    with pytest.raises(ConfigError) as err:
+        load_sink_config(path)
+    assert err.value.problems == [f"{path}: organization_id: 12 is not a string"]
