@@ -494,14 +494,17 @@ def test_truncation_at_every_byte(tmp_path):
 def test_raw_framing_agrees_with_parsing_at_every_cut(tmp_path):
     path, _ = small_file(tmp_path, count=3, payload_size=20)
     data = path.read_bytes()
-    records, full = read_all(path)
+    _, full = read_all(path)
     for cut in range(full.readings_offset, len(data) + 1):
         path.write_bytes(data[:cut])
         kept, parsed = read_all(path)
         with CaptureReader(path) as reader:
             raws = list(reader.iter_raw())
         assert raws == [r.raw for r in kept], cut
-        assert (reader.tail_error, reader.dropped_bytes) == (parsed.tail_error, parsed.dropped_bytes)
+        assert (reader.tail_error, reader.dropped_bytes) == (
+            parsed.tail_error,
+            parsed.dropped_bytes,
+        )
 
 
 def test_zero_filled_tail_is_dropped(tmp_path):
