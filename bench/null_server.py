@@ -13,6 +13,7 @@ from grpclib.server import Server
 
 from syncd.gen.app.datasync.v1 import data_sync_grpc
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
+from syncd.sink import listen_socket
 
 
 class NullService(data_sync_grpc.DataSyncServiceBase):
@@ -43,7 +44,7 @@ class NullService(data_sync_grpc.DataSyncServiceBase):
 async def main() -> None:
     service = NullService()
     server = Server([service])
-    await server.start("127.0.0.1", 0)
+    await server.start(sock=listen_socket("127.0.0.1", 0))
     print("PORT", server._server.sockets[0].getsockname()[1], flush=True)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)

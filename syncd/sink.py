@@ -411,7 +411,9 @@ def _log_stored(item: StoredItem) -> None:
 # --- the server -----------------------------------------------------------------------
 
 
-def _listen_socket(host: str, port: int) -> socket.socket:
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket for a grpclib server, with Nagle's algorithm off on every
+    connection it accepts."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family = infos[0][0]
@@ -498,7 +500,7 @@ class Sink:
             raise RuntimeError("the sink is already started")
         await asyncio.to_thread(self._store.open)
         await asyncio.to_thread(self._index.open)
-        sock = _listen_socket(self._host, self._requested_port)
+        sock = listen_socket(self._host, self._requested_port)
         self._port = sock.getsockname()[1]
         server = Server(
             [

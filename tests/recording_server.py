@@ -15,6 +15,7 @@ from grpclib.server import Server
 from syncd.gen.app.datasync.v1 import data_sync_grpc
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
 from syncd.gen.proto.rpc.v1 import auth_grpc, auth_pb2
+from syncd.sink import listen_socket
 
 
 @dataclass
@@ -59,7 +60,7 @@ class RecordingServer(data_sync_grpc.DataSyncServiceBase, auth_grpc.AuthServiceB
     async def start(self, host: str = "127.0.0.1", ssl=None) -> RecordingServer:
         """Listen on ``host`` (a free port: ``port``), with TLS if ``ssl`` (an SSLContext)."""
         self._server = Server([self])
-        await self._server.start(host, 0, ssl=ssl)
+        await self._server.start(sock=listen_socket(host, 0), ssl=ssl)
         self.port = self._server._server.sockets[0].getsockname()[1]
         return self
 
