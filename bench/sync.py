@@ -8,7 +8,9 @@ process, discarding what it gets):
 Each is measured three ways: syncd (a subprocess: watcher, outbox, uploader, deletes);
 the ceiling, a bare grpclib client pushing the same requests from memory, with the same
 concurrency, and no files, outbox or retries; and a loop making one upload call per item.
-Medians of --repeat runs. Usage: python bench/sync.py [--quick]
+Medians of --repeat runs. ``--latency-ms N`` makes the server answer each call N ms
+late, as across a real link; loopback alone has no round trip for concurrency to hide.
+Usage: python bench/sync.py [--quick] [--latency-ms N]
 """
 
 from __future__ import annotations
@@ -81,8 +83,25 @@ def upload_metadata() -> ds.UploadMetadata:
 # --- syncd as a subprocess ----------------------------------------------------------------
 
 
-def run_syncd(work: Path, port: int) -> tuple[float, float]:
-    """Run `syncd run --once` on ``work``; return (seconds, peak RSS in MB)."""
+STARTUP_S = 0.0  # measured once per benchmark run: see startup_seconds()
+
+
+def startup_seconds(port: int, scratch: Path) -> float:
+    """How long `syncd run --once` takes with nothing to do (start, scan, stop): the
+    daemon's figures below leave it out, since a daemon starts once and then runs."""
+    work = scratch / "empty"
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "capture").mkdir(parents=True)
+    times = []
+    for _ in range(3):
+        shutil.rmtree(work / "state", ignore_errors=True)
+        times.append(run_syncd(work, port, subtract_startup=False)[0])
+    return statistics.median(times)
+
+
+def run_syncd(work: Path, port: int, subtract_startup: bool = True) -> tuple[float, float]:
+    """Run `syncd run --once` on ``work``; return (seconds less the start-up time, peak
+    RSS in MB)."""
     config = work / "syncd.yaml"
     config.write_text(
         f"part_id: bench\ncapture_dir: {work / 'capture'}\nstate_dir: {work / 'state'}\n"
@@ -99,7 +118,7 @@ def run_syncd(work: Path, port: int) -> tuple[float, float]:
     left = [p for p in (work / "capture").rglob("*") if p.is_file()]
     if left:
         raise SystemExit(f"syncd left {len(left)} files behind")
-    return elapsed, usage.ru_maxrss / 1024
+    return elapsed - (STARTUP_S if subtract_startup else 0.0), usage.ru_maxrss / 1024
 
 
 # --- the raw ceiling and the one-call-per-item loop ---------------------------------------
@@ -252,17 +271,27 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, one run")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="server answer delay")
     args = parser.parse_args()
     sizes = (20_000, 64, 300) if args.quick else (200_000, 512, 2000)
     repeat = 1 if args.quick else args.repeat
     server = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "null_server.py")], stdout=subprocess.PIPE, text=True
+        [
+            sys.executable,
+            str(ROOT / "bench" / "null_server.py"),
+            "--latency-ms",
+            str(args.latency_ms),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         port = int(server.stdout.readline().split()[1])
         scratch = Path(
             tempfile.mkdtemp(prefix="syncd-bench-", dir=os.environ.get("BENCH_DIR", "/var/tmp"))
         )
+        global STARTUP_S
+        STARTUP_S = startup_seconds(port, scratch)
         workloads = [
             ("tabular readings/s", lambda: tabular(port, sizes[0], scratch), "0.7x ceiling"),
             (

@@ -480,11 +480,9 @@ class CaptureReader:
             pos = record.end
             index += 1
 
-    def iter_raw(self, *, delimited: bool = False) -> Iterator[bytes]:
-        """Each reading's serialized SensorData, framed but not parsed; with ``delimited``
-        its length prefix included (the bytes as they are in the file).
+    def iter_raw(self) -> Iterator[bytes]:
+        """Each reading's serialized SensorData, framed but not parsed.
 
-        The fast path for tabular uploads, which send readings as they were written.
         Damage is seen only in the framing (a truncated or zero-filled tail); afterwards
         ``tail_error`` and ``dropped_bytes`` report it as for iteration.
         """
@@ -494,9 +492,8 @@ class CaptureReader:
         while pos < self.size:
             try:
                 length, start = self._frame(pos)
-                begin = pos if delimited else start
-                raw = self._blocks.read(begin, start + length - begin)
-                if len(raw) != start + length - begin:
+                raw = self._blocks.read(start, length)
+                if len(raw) != length:
                     raise _Corrupt(f"truncated reading at byte {pos}: the file shrank while read")
             except _Corrupt as e:
                 self.dropped_bytes = self.size - pos
@@ -504,6 +501,58 @@ class CaptureReader:
                 return
             yield raw
             pos = start + length
+
+    def iter_delimited_batches(self, max_count: int, max_bytes: int) -> Iterator[list[memoryview]]:
+        """The readings as the file frames them (length prefix and message), in batches of
+        at most ``max_count`` whose sizes plus one byte each stay within ``max_bytes`` (a
+        reading bigger than that comes alone): a tabular upload request is its metadata
+        and then a field tag before each of these, so readings go out unparsed.
+
+        Framing only, as :meth:`iter_raw`, with the same tail report; a tight loop over
+        large blocks, since this runs once per reading at the speed of the link.
+        """
+        self.dropped_bytes = 0
+        self.tail_error = None
+        fd, size = self._file.fileno(), self.size
+        window = max(max_bytes, 1 << 20)
+        buf, base = memoryview(b""), self.readings_offset
+        pos = base
+        batch: list[memoryview] = []
+        total = 0
+        while pos < size:
+            i = pos - base
+            n = end = 0
+            if i + 2 <= len(buf):  # fast path: a one- or two-byte prefix inside the block
+                b0 = buf[i]
+                if b0 < 0x80:
+                    n, end = b0, i + 1 + b0
+                elif buf[i + 1] < 0x80:
+                    n = (b0 & 0x7F) | (buf[i + 1] << 7)
+                    end = i + 2 + n
+            if not n or end > len(buf):
+                # Slow path: a long prefix, the block's edge, or damage (reported exactly).
+                try:
+                    length, start = self._frame(pos)
+                    want = start + length - pos
+                    data = os.pread(fd, min(max(window, want), size - pos), pos)
+                    if len(data) < want:
+                        raise _Corrupt(
+                            f"truncated reading at byte {pos}: the file shrank while read"
+                        )
+                except _Corrupt as e:
+                    self.dropped_bytes = size - pos
+                    self.tail_error = str(e)
+                    break
+                buf, base, i, end = memoryview(data), pos, 0, want
+            cost = 1 + end - i
+            if batch and (len(batch) >= max_count or total + cost > max_bytes):
+                yield batch
+                batch, total = [], 0
+            batch.append(buf[i:end])
+            total += cost
+            pos = base + end
+        if batch:
+            yield batch
 
     def _frame(self, pos: int) -> tuple[int, int]:
         """The length and start of the reading whose prefix is at ``pos``, checked against

@@ -176,7 +176,7 @@ def binary_reading(payload: bytes, time_requested_ns: int, time_received_ns: int
     )
 
 
-def encode_request(metadata: bytes, delimited_readings: Sequence[bytes]) -> bytes:
+def encode_request(metadata: bytes, delimited_readings: Sequence[bytes | memoryview]) -> bytes:
     """A serialized DataCaptureUploadRequest (metadata = 1, sensor_contents = 2) built from
     readings as a capture file holds them (each after its length prefix): a repeated
     field is its tag before each such piece, so protobuf would produce these very bytes."""

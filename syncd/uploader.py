@@ -613,9 +613,7 @@ class Uploader:
         if header.type == ds.DATA_TYPE_BINARY_SENSOR:
             nbytes = await self._upload_binary_records(md, iter(reader))
         else:
-            nbytes = await self._upload_tabular_records(
-                md, reader.iter_raw(delimited=True), item.path
-            )
+            nbytes = await self._upload_tabular_records(md, reader, item.path)
         if reader.tail_error:
             log.warning(
                 "%s: uploaded the readings before a damaged tail; dropped %d bytes: %s",
@@ -626,19 +624,17 @@ class Uploader:
         return nbytes
 
     async def _upload_tabular_records(
-        self, md: ds.UploadMetadata, raws: Iterator[bytes], path: str
+        self, md: ds.UploadMetadata, reader: CaptureReader, path: str
     ) -> int:
         """Readings go out as read from the file, framed into requests without being
         parsed and serialised again (the server validates them)."""
         md_bytes = md.SerializeToString()
-        batcher = _Batcher(
-            raws,
+        batches = reader.iter_delimited_batches(
             self.cfg.sync.batch_max_readings,
-            self.cfg.sync.max_request_bytes,
-            mapping.field_size(len(md_bytes)),
+            self.cfg.sync.max_request_bytes - mapping.field_size(len(md_bytes)),
         )
         total = 0
-        while batch := await asyncio.to_thread(batcher.next_request, md_bytes, path):
+        while batch := await asyncio.to_thread(_next_request, batches, md_bytes, path):
             request, count = batch
             started = time.monotonic()
             await self._spend(len(request))
@@ -678,39 +674,6 @@ class Uploader:
         return total
 
 
-class _Batcher:
-    """Groups a capture file's readings (length-prefixed, as the file holds them) into
-    requests within the count and byte limits, holding back the reading that did not fit
-    for the next request."""
-
-    def __init__(self, raws: Iterator[bytes], max_count: int, limit: int, overhead: int):
-        self._raws = raws
-        self._max_count = max_count
-        self._limit = limit
-        self._overhead = overhead
-        self._held: bytes | None = None
-
-    def next_batch(self) -> list[bytes]:
-        batch: list[bytes] = []
-        total = self._overhead
-        while True:
-            raw, self._held = self._held or next(self._raws, None), None
-            if raw is None:
-                return batch
-            cost = 1 + len(raw)  # the field's tag, then the reading as the file frames it
-            if batch and (len(batch) >= self._max_count or total + cost > self._limit):
-                self._held = raw
-                return batch
-            batch.append(raw)  # a reading too big on its own still goes, alone
-            total += cost
-
-    def next_request(self, metadata: bytes, path: str) -> tuple[bytes, int] | None:
-        """The next serialized DataCaptureUploadRequest and its reading count."""
-        with _local_io(path):
-            batch = self.next_batch()
-        return (mapping.encode_request(metadata, batch), len(batch)) if batch else None
-
-
 @dataclass
 class _Source:
     """What one trip to a worker thread learned about a queued file before its upload."""
@@ -736,6 +699,15 @@ def _open_source(path: str, kind: str, small_bytes: int) -> _Source:
             if len(source.content) != st.st_size:
                 raise SourceError(f"{path}: changed while being read")
     return source
+
+
+def _next_request(
+    batches: Iterator[list[memoryview]], metadata: bytes, path: str
+) -> tuple[bytes, int] | None:
+    """The next serialized DataCaptureUploadRequest of a capture file, and its count."""
+    with _local_io(path):
+        batch = next(batches, None)
+    return (mapping.encode_request(metadata, batch), len(batch)) if batch else None
 
 
 def _next_record(records: Iterator[ReadingRecord]) -> ReadingRecord | None:

@@ -498,13 +498,31 @@ def test_raw_framing_agrees_with_parsing_at_every_cut(tmp_path):
     for cut in range(full.readings_offset, len(data) + 1):
         path.write_bytes(data[:cut])
         kept, parsed = read_all(path)
+        expected = [data[r.offset - len(cf.encode_uvarint(r.length)) : r.end] for r in kept]
         with CaptureReader(path) as reader:
-            raws = list(reader.iter_raw())
-        assert raws == [r.raw for r in kept], cut
-        assert (reader.tail_error, reader.dropped_bytes) == (
-            parsed.tail_error,
-            parsed.dropped_bytes,
-        )
+            assert list(reader.iter_raw()) == [r.raw for r in kept], cut
+            report = (reader.tail_error, reader.dropped_bytes)
+            assert report == (parsed.tail_error, parsed.dropped_bytes)
+            batches = list(reader.iter_delimited_batches(2, 1 << 20))
+            assert [bytes(piece) for b in batches for piece in b] == expected, cut
+            assert all(len(b) <= 2 for b in batches)
+            assert (reader.tail_error, reader.dropped_bytes) == report
+
+
+@pytest.mark.parametrize("payload_size", [20, 300, 70_000])
+def test_delimited_batches_respect_the_byte_limit(tmp_path, payload_size):
+    path, readings = small_file(tmp_path, count=40, payload_size=payload_size)
+    limit = 3 * (payload_size + 100)
+    with CaptureReader(path) as reader:
+        batches = list(reader.iter_delimited_batches(1000, limit))
+        assert reader.tail_error is None
+    assert sum(len(b) for b in batches) == len(readings)
+    assert all(sum(1 + len(piece) for piece in b) <= limit for b in batches)
+    pieces = [bytes(piece) for b in batches for piece in b]
+    assert [
+        ds.SensorData.FromString(p[len(p) - r.ByteSize() :])
+        for p, r in zip(pieces, readings, strict=True)
+    ] == readings
 
 
 def test_zero_filled_tail_is_dropped(tmp_path):
