@@ -10,11 +10,12 @@ Each input's first byte picks the large-reading threshold (so tiny readings take
 scanning path too); the rest is written to a file and read. The checks are those of
 tests/test_capture_file_fuzz.py: only CaptureFileError may escape, and only for the header;
 bytes read plus bytes dropped add up to the file; the scanner agrees with protobuf on every
-SensorData message protobuf parses; the raw-frame path (``iter_raw``, how tabular files are
-uploaded) stays within the file; and no input makes the reader allocate more than 256 KiB
-plus 8 bytes per input byte, whatever its length prefixes claim (tracemalloc; it slows
-the run about threefold: SYNCD_FUZZ_TRACEMALLOC=0 turns it off). libFuzzer's own
--rss_limit_mb still catches runaway memory then.
+SensorData message protobuf parses; the framing-only paths (``iter_raw`` and
+``iter_delimited_batches``, which tabular uploads are built from) account for every byte;
+and no input makes the reader allocate more than 256 KiB plus 8 bytes per input byte,
+whatever its length prefixes claim (tracemalloc; it slows the run about threefold:
+SYNCD_FUZZ_TRACEMALLOC=0 turns it off, and libFuzzer's -rss_limit_mb still catches
+runaway memory then).
 """
 
 from __future__ import annotations
@@ -92,8 +93,11 @@ def read(content: bytes, threshold: int) -> None:
             if record.is_streamed:
                 assert sum(map(len, record.iter_binary(7))) == record.binary_length
             check_scanner(content[record.offset : record.end])
-        raws = list(reader.iter_raw(delimited=True))
-        assert sum(map(len, raws)) + reader.dropped_bytes == reader.size - reader.readings_offset
+        raws = list(reader.iter_raw())
+        assert sum(map(len, raws)) + reader.dropped_bytes <= reader.size
+        batches = list(reader.iter_delimited_batches(2, 64))
+        framed = sum(len(view) for batch in batches for view in batch)
+        assert framed + reader.dropped_bytes == reader.size - reader.readings_offset
 
 
 def seed_corpus() -> str:

@@ -213,17 +213,20 @@ def test_forged_length_prefixes_allocate_little(scratch, file, claims, tail):
 
 
 def read_everything(path, large: int) -> None:
-    """Every way the daemon reads a capture file: records (with payloads) and raw frames
-    (the tabular upload path), the latter with and without their prefixes."""
+    """Every way the daemon reads a capture file: records (with payloads), raw frames, and
+    the delimited batches tabular uploads are built from."""
     read_checked(path, large_reading_bytes=large, buffer_size=4096)
     try:
         reader = CaptureReader(path, large_reading_bytes=large, buffer_size=4096)
     except CaptureFileError:
         return
     with reader:
-        for delimited_ in (False, True):
-            raws = list(reader.iter_raw(delimited=delimited_))
-            assert sum(map(len, raws)) + reader.dropped_bytes <= reader.size
+        raws = list(reader.iter_raw())
+        assert sum(map(len, raws)) + reader.dropped_bytes <= reader.size
+        for max_count, max_bytes in ((1000, 2 * 1024 * 1024), (2, 64)):
+            batches = list(reader.iter_delimited_batches(max_count, max_bytes))
+            framed = sum(len(view) for batch in batches for view in batch)
+            assert framed + reader.dropped_bytes == reader.size - reader.readings_offset
 
 
 def peak_allocation(read) -> int:
