@@ -272,7 +272,7 @@ async def test_frozen_receiver_deadlines_fire_then_everything_flows(tmp_path):
         finally:
             ob.close()
         wait_log(log, "deadline exceeded", timeout=20)
-        await asyncio.sleep(2)
+        await asyncio.sleep(1)
         assert daemon.alive()
         assert status(config)["pending"] > 0
         os.kill(sink.proc.pid, signal.SIGCONT)

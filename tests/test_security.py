@@ -360,7 +360,7 @@ async def sync_over_tls(tmp_path: Path, pki: Path, cert: str, ca: bool, caplog) 
         config = write_config(tmp_path, server.port, cloud=cloud, file_quiet_period_s=0)
         (tmp_path / "capture" / "secret-notes.txt").write_text("over TLS only")
         with caplog.at_level(logging.INFO):
-            code = await run_daemon(load_config(config), once=True, timeout=2.5)
+            code = await run_daemon(load_config(config), once=True, timeout=1.5)
     finally:
         await server.stop()
     return code, server, caplog.text
