@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from syncd.fsutil import fsync_dir
 from syncd.outbox import Outbox, Reading
 from syncd.outbox_schema import DB_NAME
 
@@ -103,7 +104,7 @@ def repair_outbox(state_dir: str | Path, now: float | None = None) -> Repair | N
         source = Path(f"{path}{suffix}")
         if source.exists():
             os.replace(source, f"{moved}{suffix}")
-    _fsync_dir(state)
+    fsync_dir(state, strict=False)
     log.error(
         "the outbox %s is damaged (%s); moved it to %s and starting a fresh one. Files "
         "still on disk are queued again by the start scan; readings are salvaged where "
@@ -270,16 +271,3 @@ def _ids(conn: sqlite3.Connection, table: str):
             _MAX_PROBES,
         )
     yield from range(last + 1, min(top, last + _MAX_PROBES) + 1)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from syncd.errors import OutboxError
+from syncd.fsutil import fsync_dir
 
 DB_NAME = "outbox.db"
 
@@ -164,7 +165,7 @@ def connect(
         conn.close()
         raise
     if created:
-        _fsync_dir(state_dir)
+        fsync_dir(state_dir, strict=False)
     return conn
 
 
@@ -253,17 +254,3 @@ def _retry_busy(step, busy_timeout_s: float) -> None:
                 raise
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
-
-
-def _fsync_dir(path: Path) -> None:
-    # The new database file's directory entry must reach the disk too.
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

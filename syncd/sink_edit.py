@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from syncd.capture_file import CaptureReader, encode_uvarint
+from syncd.fsutil import fsync_dir
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
 from syncd.sink_store import TEMP_PREFIX, StoredItem, sidecar_path, write_sidecar
 
@@ -49,7 +50,7 @@ def remove(paths: Iterable[Path]) -> None:
         folders.add(path.parent)
     for folder in folders:
         with contextlib.suppress(FileNotFoundError):
-            _fsync_dir(folder)
+            fsync_dir(folder)
 
 
 def rewrite_tabular(item: StoredItem, drop: Collection[int]) -> StoredItem:
@@ -80,11 +81,3 @@ def rewrite_tabular(item: StoredItem, drop: Collection[int]) -> StoredItem:
     changed = replace(item, size_bytes=size, readings=kept)
     write_sidecar(changed)  # fsyncs the folder, which also makes the rename durable
     return changed
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -69,6 +69,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
 from syncd.errors import StorageLimitError, SyncdError
+from syncd.fsutil import fsync_dir
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
 
 log = logging.getLogger("syncd.sink")
@@ -190,14 +191,6 @@ def _serialize(msg: Message) -> bytes:
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -338,7 +331,7 @@ class Store:
                 with contextlib.suppress(FileExistsError):
                     path.mkdir()
                     # the new folder's entry must survive a power cut like the file in it
-                    _fsync_dir(path.parent)
+                    fsync_dir(path.parent)
         return path
 
 
@@ -455,7 +448,7 @@ class PendingUpload:
             # sidecar first: a data file never shows up without its metadata
             os.replace(self._temp_sidecar, item.sidecar)
             os.replace(self._temp, item.path)
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         except BaseException:
             self._cleanup()
             with self._lock:
@@ -596,7 +589,7 @@ def write_sidecar(item: StoredItem) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
-    _fsync_dir(item.path.parent)
+    fsync_dir(item.path.parent)
 
 
 # --- reading back ---------------------------------------------------------------------
