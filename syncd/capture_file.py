@@ -34,6 +34,7 @@ from types import TracebackType
 from google.protobuf.message import DecodeError
 
 from syncd.errors import CaptureFileError
+from syncd.fsutil import fsync_dir
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
 
 __all__ = [
@@ -689,11 +690,7 @@ class CaptureWriter:
         finally:
             self._file.close()
         os.rename(self.prog_path, self.final_path)
-        dir_fd = os.open(os.path.dirname(self.final_path) or ".", os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(os.path.dirname(self.final_path) or ".")
 
     def __enter__(self) -> CaptureWriter:
         return self
