@@ -468,7 +468,8 @@ async def _run_once(
                 await asyncio.sleep(0.1)
     except TimeoutError:
         counts = await outbox.counts()
-        log.warning("gave up after %.0f s: %d items still pending", timeout, counts.pending)
+        left = counts.pending + counts.inflight  # an upload stuck in flight is not done
+        log.warning("gave up after %.0f s: %d items still pending", timeout, left)
         return 1
     finally:
         upload_task.cancel()

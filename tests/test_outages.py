@@ -289,7 +289,7 @@ async def test_frozen_receiver_deadlines_fire_then_everything_flows(tmp_path):
         sink.terminate()
 
 
-async def test_a_call_that_never_returns_holds_no_worker(tmp_path):
+async def test_a_call_that_never_returns_holds_no_worker(tmp_path, caplog):
     """One upload hangs for ever on the server side. With a single worker, its deadline
     frees the worker and every other item still goes; the hung one goes once the server
     answers it."""
@@ -311,6 +311,8 @@ async def test_a_call_that_never_returns_holds_no_worker(tmp_path):
         with Outbox(work.state) as ob:
             work.readings(ob, 20, [3000])
         assert await run_daemon(load_config(config), once=True, timeout=6) == 1
+        # the hung upload is in flight, and still counts as not delivered
+        assert "gave up after 6 s: 1 items still pending" in caplog.text
         names = {Path(u.metadata.file_name).name for u in server.uploads if u.rpc == "FileUpload"}
         assert "stuck.bin" not in names
         assert len(names) == 5
