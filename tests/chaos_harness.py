@@ -101,6 +101,7 @@ class Report:
     elapsed_s: float = 0.0
     duplicate_bound: int = 0
     leftovers: list[str] = field(default_factory=list)
+    half_written: list[str] = field(default_factory=list)  # in the store: temp or unreadable
     status: dict = field(default_factory=dict)
     lost_examples: list[str] = field(default_factory=list)
     phantom_examples: list[str] = field(default_factory=list)
@@ -122,7 +123,8 @@ class Report:
             f"duplicates {self.duplicates} (bound {self.duplicate_bound}; "
             f"{', '.join(f'{k} {v}' for k, v in sorted(self.duplicates_by_kind.items())) or 'none'})",
             f"phantoms {self.phantoms}, readings with times outside their capture run "
-            f"{self.bad_times}, files left in the capture dir {len(self.leftovers)}",
+            f"{self.bad_times}, files left in the capture dir {len(self.leftovers)}, "
+            f"half-written in the store {len(self.half_written)}",
         ]
 
 
@@ -583,7 +585,9 @@ class Chaos:
 
     def _delivered(self) -> Iterator[tuple[str, tuple, tuple | None]]:
         """(kind, key, times) for every item in the store; times for piped readings."""
+        self._stored = 0
         for item in iter_store(self.store):
+            self._stored += 1
             um = item.upload_metadata
             if item.kind == "file":
                 digest = hashlib.sha256()
@@ -658,6 +662,17 @@ class Chaos:
                     for line in f
                     if "Traceback" in line or "internal error" in line or " ERROR " in line
                 ]
+        # the receiver never shows a half-written upload: no temp file outlives its
+        # upload (or, after a kill, the next start), and every data file reads back whole
+        r.half_written = [str(p) for p in self.store.rglob(".tmp-*")]
+        data_files = [
+            p
+            for p in self.store.rglob("*")
+            if p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(self.store).parts)
+        ]
+        if len(data_files) != self._stored:
+            r.half_written.append(f"{len(data_files) - self._stored} unreadable data files")
         r.leftovers = sorted(
             str(p.relative_to(self.capture))
             for p in self.capture.rglob("*")
@@ -681,6 +696,8 @@ class Chaos:
             out.append(f"{r.duplicates} duplicates, over the bound of {r.duplicate_bound}")
         if r.leftovers:
             out.append(f"files left in the capture dir: {r.leftovers[:5]}")
+        if r.half_written:
+            out.append(f"half-written files in the receiver's store: {r.half_written[:5]}")
         if r.log_errors:
             out.append(f"errors in the logs: {r.log_errors[:5]}")
         if r.status.get("pending", 0) or r.status.get("inflight", 0) or r.status.get("failed", 0):
