@@ -95,7 +95,10 @@ def repair_outbox(state_dir: str | Path, now: float | None = None) -> Repair | N
     into a fresh outbox and return what was done (None when it was fine)."""
     state = Path(state_dir)
     path = state / DB_NAME
-    problem = damage_of(path)
+    try:
+        problem = damage_of(path)
+    except sqlite3.Error:
+        return None  # not damage (permissions, a busy lock...): the normal open says what
     if problem is None:
         return None
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))

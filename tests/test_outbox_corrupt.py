@@ -205,3 +205,24 @@ async def test_a_reading_damaged_in_place_is_a_dead_letter_not_a_blocked_stream(
     with Outbox(state) as ob:
         (dead,) = ob.list_failed()
     assert dead.id == ids[2] and "not a JSON object" in dead.reason
+
+
+def test_an_outbox_that_cannot_be_opened_is_an_error_not_damage(tmp_path):
+    """Not every failure to open is damage: that is reported as before, one line, and
+    nothing is moved aside. (The start check used to let SQLite's error escape as a
+    traceback.)"""
+    state = tmp_path / "state"
+    (state / "outbox.db").mkdir(parents=True)  # opening it fails, and it is not damaged
+    (tmp_path / "capture").mkdir()
+    config = write_config(tmp_path, 1, cloud={"address": "embedded"})
+    result = subprocess.run(
+        [*SYNCD, "run", "-c", str(config), "--once", "--timeout", "10"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "cannot open" in result.stderr.strip().splitlines()[-1]
+    assert list(state.glob("*.corrupt-*")) == []
