@@ -277,7 +277,7 @@ class _DataSyncService(DataSyncServiceBase):
                 raise _invalid(
                     f"FileUpload needs type DATA_TYPE_FILE, got {ds.DataType.Name(um.type)}"
                 )
-            pending = await _in_thread(self._store.begin_file, um)
+            pending = await _begin(self._store.begin_file, um)
             item = await self._receive_payload(
                 stream, pending, ds.FileUploadRequest, "file_contents"
             )
@@ -301,7 +301,7 @@ class _DataSyncService(DataSyncServiceBase):
                     f"{ds.DataType.Name(um.type)}"
                 )
             sm = meta.sensor_metadata if meta.HasField("sensor_metadata") else None
-            pending = await _in_thread(self._store.begin_binary, um, sm)
+            pending = await _begin(self._store.begin_binary, um, sm)
             item = await self._receive_payload(
                 stream, pending, ds.StreamingDataCaptureUploadRequest, "data"
             )
@@ -360,6 +360,22 @@ def _first_metadata(message: Message | None, name: str, data_field: str) -> Mess
         got = data_field if which == data_field else "nothing"
         raise _invalid(f"the first {name} must carry metadata, got {got}")
     return message.metadata  # type: ignore[attr-defined,no-any-return]
+
+
+async def _begin(func: Any, *args: Any) -> PendingUpload:
+    """Start a pending upload in a worker thread. If the call is cancelled meanwhile, the
+    upload the thread goes on to create is aborted (its temp file removed), not leaked."""
+    started = asyncio.ensure_future(_in_thread(func, *args))
+    try:
+        return await asyncio.shield(started)
+    except asyncio.CancelledError:
+        started.add_done_callback(_abort_orphan)
+        raise
+
+
+def _abort_orphan(started: asyncio.Future[PendingUpload]) -> None:
+    if not started.cancelled() and started.exception() is None:
+        started.result().abort()
 
 
 async def _in_thread(func: Any, *args: Any) -> Any:
