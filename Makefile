@@ -38,7 +38,8 @@ protos: $(BIN)/syncd
 	$(BIN)/python scripts/gen_protos.py
 
 bench: $(BIN)/syncd
-	for script in bench/outbox.py bench/sync.py; do $(BIN)/python $$script || exit 1; done
+	for script in bench/outbox.py bench/sync.py bench/query.py bench/bandwidth.py bench/idle.py; do \
+		$(BIN)/python $$script || exit 1; done
 
 # Long reliability runs, outside CI (tests/test_chaos.py is the short one): SOAK_S seconds
 # of `syncd run` and `syncd sink` killed at random (SYNCD_CHAOS_SEED=N to replay a
