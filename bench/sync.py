@@ -302,6 +302,10 @@ def main() -> None:
             ("small 4 KiB files/s", lambda: small_files(port, sizes[2], scratch), "1.5x loop"),
         ]
         print(
+            f"server latency {args.latency_ms:g} ms, concurrency {CONCURRENCY}, medians of "
+            f"{repeat}; syncd figures leave out its start-up ({STARTUP_S:.2f} s, measured)"
+        )
+        print(
             f"{'workload':32} {'syncd':>10} {'ceiling':>10} {'1-call loop':>12} {'syncd/ceil':>10} {'syncd/loop':>10} {'peak RSS':>9}  target"
         )
         for name, run, target in workloads:
