@@ -16,7 +16,7 @@ import sys
 import termios
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from grpclib.client import Channel
 from grpclib.const import Status
@@ -181,17 +181,26 @@ class CloudClient:
         """One call, step by step: the first message (the only one of a unary call), then
         one message per chunk, then the answer and the status."""
         async with method.open(metadata=metadata) as stream:
+
+            async def finish(last: Any | None) -> Any:
+                # One step from the last message to the status: a task per step costs.
+                if last is None:
+                    await stream.end()
+                else:
+                    await stream.send_message(last, end=True)
+                response = await stream.recv_message()
+                # the status, here rather than unbounded in the stream's __aexit__
+                await stream.recv_trailing_metadata()
+                return response
+
             if chunks is None:
-                await self._step(stream, stream.send_message(first, end=True))
+                response = await self._step(stream, finish(first))
             else:
                 await self._step(stream, stream.send_message(first))
                 async for chunk in chunks():
                     # send_message waits for HTTP/2 flow control, which bounds memory.
                     await self._step(stream, stream.send_message(wrap(chunk)))
-                await self._step(stream, stream.end())
-            response = await self._step(stream, stream.recv_message())
-            # the status, here rather than unbounded in the stream's __aexit__
-            await self._step(stream, stream.recv_trailing_metadata())
+                response = await self._step(stream, finish(None))
             if response is None:  # the server closed with OK but without a message
                 raise GRPCError(Status.UNKNOWN, "server sent no response")
             return response
