@@ -633,9 +633,11 @@ class Uploader:
             self.cfg.sync.batch_max_readings,
             self.cfg.sync.max_request_bytes - mapping.field_size(len(md_bytes)),
         )
+        requests = _Requests(batches, md_bytes, path)
         total = 0
-        while batch := await asyncio.to_thread(_next_request, batches, md_bytes, path):
-            request, count = batch
+        more = True
+        while more and (got := await asyncio.to_thread(requests.next)):
+            request, count, more = got
             started = time.monotonic()
             await self._spend(len(request))
             await self._call(lambda request=request: self.transport.data_capture_upload(request))
@@ -701,13 +703,26 @@ def _open_source(path: str, kind: str, small_bytes: int) -> _Source:
     return source
 
 
-def _next_request(
-    batches: Iterator[list[memoryview]], metadata: bytes, path: str
-) -> tuple[bytes, int] | None:
-    """The next serialized DataCaptureUploadRequest of a capture file, and its count."""
-    with _local_io(path):
-        batch = next(batches, None)
-    return (mapping.encode_request(metadata, batch), len(batch)) if batch else None
+class _Requests:
+    """A capture file's serialized DataCaptureUploadRequests, read one batch ahead so that
+    each says whether another follows: the last one needs no extra trip to a thread."""
+
+    def __init__(self, batches: Iterator[list[memoryview]], metadata: bytes, path: str) -> None:
+        self._batches = batches
+        self._metadata = metadata
+        self._path = path
+        self._ahead: list[memoryview] | None = None
+        self._started = False
+
+    def next(self) -> tuple[bytes, int, bool] | None:
+        """(request, readings in it, whether more follow), or None when done."""
+        with _local_io(self._path):
+            batch = self._ahead if self._started else next(self._batches, None)
+            self._started = True
+            if batch is None:
+                return None
+            self._ahead = next(self._batches, None)
+        return mapping.encode_request(self._metadata, batch), len(batch), self._ahead is not None
 
 
 def _next_record(records: Iterator[ReadingRecord]) -> ReadingRecord | None:
