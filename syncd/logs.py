@@ -110,5 +110,5 @@ def setup_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None 
     root.addHandler(handler)
     root.setLevel(level.upper())
     # Libraries speak at debug level only when we do.
-    for noisy in ("grpclib", "hpack", "h2", "aiosqlite", "watchdog", "asyncio"):
+    for noisy in ("grpclib", "hpack", "h2", "watchdog", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
