@@ -28,9 +28,8 @@ from syncd.config import Config, load_config
 from syncd.disk_guard import DAY_S, DiskGuard
 from syncd.errors import ConfigError
 from syncd.linkctl import Throttle, in_windows, is_paused, pause_note, seconds_until_open
-from syncd.logs import setup_logging
+from syncd.logs import human_age, human_bytes, setup_logging
 from syncd.outbox import AsyncOutbox, OutboxCounts
-from syncd.outbox_cli import human_age, human_bytes
 from syncd.outbox_repair import repair_outbox
 from syncd.systemd import Notifier
 from syncd.uploader import Uploader

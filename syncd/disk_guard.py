@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from syncd.config import Config
+from syncd.logs import human_bytes
 from syncd.outbox_async import AsyncOutbox
-from syncd.outbox_cli import human_bytes
 
 log = logging.getLogger("syncd.disk")
 

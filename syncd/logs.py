@@ -1,5 +1,6 @@
 """Log output for people: journald priority prefixes under systemd, timestamps on a
-terminal, or JSON lines; repeated identical warnings are rate-limited."""
+terminal, or JSON lines; repeated identical warnings are rate-limited; sizes and ages
+written the way people read them."""
 
 from __future__ import annotations
 
@@ -112,3 +113,23 @@ def setup_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None 
     # Libraries speak at debug level only when we do.
     for noisy in ("grpclib", "hpack", "h2", "watchdog", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def human_bytes(n: int) -> str:
+    """1536 -> '1.5 KiB'."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_age(seconds: float) -> str:
+    """3725 -> '1h 2m 5s'."""
+    s = int(seconds)
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    parts = [f"{v}{u}" for v, u in ((days, "d"), (hours, "h"), (minutes, "m")) if v]
+    return " ".join([*parts, f"{s}s"])

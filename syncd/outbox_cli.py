@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from syncd.errors import SyncdError
+from syncd.logs import human_age, human_bytes
 from syncd.outbox import FailedItem, Outbox, OutboxCounts, Reading, encode_tabular
 
 # A slow producer's readings are durable within this long of being read.
@@ -217,26 +218,6 @@ def failed_line(item: FailedItem) -> str:
     when = dt.datetime.fromtimestamp(item.failed_at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     reason = " ".join(item.reason.split()) or "(no reason given)"
     return f"{item.id}\t{item.kind}\t{item.source}\tattempts={item.attempts}\t{when}\t{reason}"
-
-
-def human_bytes(n: int) -> str:
-    """1536 -> '1.5 KiB'."""
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
-def human_age(seconds: float) -> str:
-    """3725 -> '1h 2m 5s'."""
-    s = int(seconds)
-    days, s = divmod(s, 86400)
-    hours, s = divmod(s, 3600)
-    minutes, s = divmod(s, 60)
-    parts = [f"{v}{u}" for v, u in ((days, "d"), (hours, "h"), (minutes, "m")) if v]
-    return " ".join([*parts, f"{s}s"])
 
 
 def parse_ids(words: Sequence[str]) -> list[int] | None:

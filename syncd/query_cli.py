@@ -25,8 +25,8 @@ from google.protobuf import json_format, struct_pb2
 
 from syncd.errors import SyncdError
 from syncd.gen.app.data.v1 import data_pb2
+from syncd.logs import human_bytes
 from syncd.mapping import with_dot
-from syncd.outbox_cli import human_bytes
 from syncd.sink_index import (
     INDEX_NAME,
     BinaryRow,

@@ -29,8 +29,8 @@ from syncd.cloud import UploadTransport
 from syncd.config import Config
 from syncd.errors import CaptureFileError, OutboxError, SourceError
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
+from syncd.logs import human_bytes
 from syncd.outbox import AsyncOutbox, ClaimedFile, ClaimedReading, FileItem
-from syncd.outbox_cli import human_bytes
 from syncd.retry import Connectivity, Verdict, backoff_delay, classify, describe
 from syncd.sink_store import forwarded_metadata, sidecar_path
 
