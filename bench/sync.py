@@ -10,7 +10,7 @@ the ceiling, a bare grpclib client pushing the same requests from memory, with t
 concurrency, and no files, outbox or retries; and a loop making one upload call per item.
 Medians of --repeat runs. ``--latency-ms N`` makes the server answer each call N ms
 late, as across a real link; loopback alone has no round trip for concurrency to hide.
-Usage: python bench/sync.py [--quick] [--latency-ms N]
+Usage: python bench/sync.py [--quick] [--repeat N] [--latency-ms N] [--only WORKLOAD]
 """
 
 from __future__ import annotations
@@ -272,6 +272,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, one run")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--latency-ms", type=float, default=0.0, help="server answer delay")
+    parser.add_argument(
+        "--only", choices=("tabular", "big", "small"), help="run one workload, not all three"
+    )
     args = parser.parse_args()
     sizes = (20_000, 64, 300) if args.quick else (200_000, 512, 2000)
     repeat = 1 if args.quick else args.repeat
@@ -293,14 +296,26 @@ def main() -> None:
         global STARTUP_S
         STARTUP_S = startup_seconds(port, scratch)
         workloads = [
-            ("tabular readings/s", lambda: tabular(port, sizes[0], scratch), "0.7x ceiling"),
             (
+                "tabular",
+                "tabular readings/s",
+                lambda: tabular(port, sizes[0], scratch),
+                "0.7x ceiling",
+            ),
+            (
+                "big",
                 f"big file {sizes[1]} MiB, MB/s",
                 lambda: big_file(port, sizes[1], scratch),
                 "0.75x ceiling, RSS < 100 MB",
             ),
-            ("small 4 KiB files/s", lambda: small_files(port, sizes[2], scratch), "1.5x loop"),
+            (
+                "small",
+                "small 4 KiB files/s",
+                lambda: small_files(port, sizes[2], scratch),
+                "1.5x loop",
+            ),
         ]
+        workloads = [w[1:] for w in workloads if args.only in (None, w[0])]
         print(
             f"server latency {args.latency_ms:g} ms, concurrency {CONCURRENCY}, medians of "
             f"{repeat}; syncd figures leave out its start-up ({STARTUP_S:.2f} s, measured)"

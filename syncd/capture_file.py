@@ -516,42 +516,58 @@ class CaptureReader:
         self.tail_error = None
         fd, size = self._file.fileno(), self.size
         window = max(max_bytes, 1 << 20)
-        buf, base = memoryview(b""), self.readings_offset
+        data, base = b"", self.readings_offset  # a block of the file, starting at ``base``
+        view = memoryview(data)
         pos = base
         batch: list[memoryview] = []
-        total = 0
+        room = max_bytes  # what the batch may still take: each reading costs 1 + its frame
         while pos < size:
-            i = pos - base
-            n = end = 0
-            if i + 2 <= len(buf):  # fast path: a one- or two-byte prefix inside the block
-                b0 = buf[i]
-                if b0 < 0x80:
-                    n, end = b0, i + 1 + b0
-                elif buf[i + 1] < 0x80:
-                    n = (b0 & 0x7F) | (buf[i + 1] << 7)
-                    end = i + 2 + n
-            if not n or end > len(buf):
-                # Slow path: a long prefix, the block's edge, or damage (reported exactly).
-                try:
-                    length, start = self._frame(pos)
-                    want = start + length - pos
-                    data = os.pread(fd, min(max(window, want), size - pos), pos)
-                    if len(data) < want:
-                        raise _Corrupt(
-                            f"truncated reading at byte {pos}: the file shrank while read"
-                        )
-                except _Corrupt as e:
-                    self.dropped_bytes = size - pos
-                    self.tail_error = str(e)
+            # The tight loop: readings whose one- or two-byte prefix and message lie in the
+            # block, until the batch is full or the slow path below is needed.
+            i, limit, full = pos - base, len(data), False
+            while i + 1 < limit and len(batch) < max_count:
+                n = data[i]
+                start = i + 1
+                if n >= 0x80:
+                    if data[start] >= 0x80:
+                        break
+                    n = (n & 0x7F) | (data[start] << 7)
+                    start += 1
+                end = start + n
+                if not n or end > limit:
                     break
-                buf, base, i, end = memoryview(data), pos, 0, want
-            cost = 1 + end - i
-            if batch and (len(batch) >= max_count or total + cost > max_bytes):
+                if end - i >= room and batch:
+                    full = True
+                    break
+                batch.append(view[i:end])
+                room -= 1 + end - i
+                i = end
+            pos = base + i
+            if full or len(batch) >= max_count:
                 yield batch
-                batch, total = [], 0
-            batch.append(buf[i:end])
-            total += cost
-            pos = base + end
+                batch, room = [], max_bytes
+                continue
+            if pos >= size:
+                break
+            # The slow path, one reading: a long prefix, the block's edge, or damage
+            # (reported exactly). A new block starts at this reading.
+            try:
+                length, start = self._frame(pos)
+                want = start + length - pos
+                data = os.pread(fd, min(max(window, want), size - pos), pos)
+                if len(data) < want:
+                    raise _Corrupt(f"truncated reading at byte {pos}: the file shrank while read")
+            except _Corrupt as e:
+                self.dropped_bytes = size - pos
+                self.tail_error = str(e)
+                break
+            view, base = memoryview(data), pos
+            if want >= room and batch:
+                yield batch
+                batch, room = [], max_bytes
+            batch.append(view[:want])
+            room -= 1 + want
+            pos += want
         if batch:
             yield batch
 

@@ -14,9 +14,9 @@ import logging
 import ssl
 import sys
 import termios
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from grpclib.client import Channel
 from grpclib.const import Status
@@ -178,53 +178,86 @@ class CloudClient:
         return response.binary_data_id or response.file_id
 
     async def _stream(self, method, metadata, first, chunks: ChunkSource | None, wrap):
-        """One call, step by step: the first message (the only one of a unary call), then
-        one message per chunk, then the answer and the status."""
-        async with method.open(metadata=metadata) as stream:
-
-            async def finish(last: Any | None) -> Any:
-                # One step from the last message to the status: a task per step costs.
-                if last is None:
-                    await stream.end()
-                else:
-                    await stream.send_message(last, end=True)
-                response = await stream.recv_message()
-                # the status, here rather than unbounded in the stream's __aexit__
-                await stream.recv_trailing_metadata()
-                return response
-
-            if chunks is None:
-                response = await self._step(stream, finish(first))
-            else:
-                await self._step(stream, stream.send_message(first))
-                async for chunk in chunks():
-                    # send_message waits for HTTP/2 flow control, which bounds memory.
-                    await self._step(stream, stream.send_message(wrap(chunk)))
-                response = await self._step(stream, finish(None))
-            if response is None:  # the server closed with OK but without a message
-                raise GRPCError(Status.UNKNOWN, "server sent no response")
-            return response
-
-    async def _step(self, stream, awaitable: Awaitable[T]) -> T:
-        """Await one step of a call; TimeoutError once ``call_timeout_s`` passed without
-        progress (``connect_timeout_s`` while the call has no connection yet)."""
-        task = asyncio.ensure_future(awaitable)
+        """One call: the first message (the only one of a unary call), one message per
+        chunk, the last of them ending the stream, then the answer and the status."""
+        guard: _StallGuard | None = None
         try:
-            last = _progress(stream)
-            while True:
-                wait = self._timeout if last is not None else self._connect_timeout
-                done, _ = await asyncio.wait({task}, timeout=wait)
-                if done:
-                    return task.result()
-                now = _progress(stream)
-                if now is None or now == last:
-                    what = "progress" if now is not None else "connection"
-                    raise TimeoutError(f"no {what} for {wait:g} s")
-                last = now
-        finally:
-            if not task.done():
-                task.cancel()
-                await asyncio.wait({task})
+            async with asyncio.timeout(None) as deadline, method.open(metadata=metadata) as stream:
+                guard = _StallGuard(stream, deadline, self._timeout, self._connect_timeout)
+                try:
+                    response = await self._exchange(stream, guard, first, chunks, wrap)
+                finally:
+                    guard.close()
+        except TimeoutError:
+            if guard is not None and guard.expired is not None:
+                raise guard.expired from None
+            raise
+        if response is None:  # the server closed with OK but without a message
+            raise GRPCError(Status.UNKNOWN, "server sent no response")
+        return response
+
+    @staticmethod
+    async def _exchange(stream, guard: _StallGuard, first, chunks: ChunkSource | None, wrap):
+        last = first
+        if chunks is not None:
+            async for chunk in chunks():
+                guard.stepped()
+                # send_message waits for HTTP/2 flow control, which bounds memory.
+                await stream.send_message(last)
+                guard.stepped()
+                last = wrap(chunk)
+        # The last message ends the stream: no extra frame to say so.
+        await stream.send_message(last, end=True)
+        guard.stepped()
+        response = await stream.recv_message()
+        guard.stepped()
+        # the status, here rather than unbounded in the stream's __aexit__
+        await stream.recv_trailing_metadata()
+        return response
+
+
+class _StallGuard:
+    """Ends a call that made no progress for ``timeout`` seconds, or that got no
+    connection within ``connect_timeout``. Progress is a message sent or received, or any
+    change in :func:`_progress`. One timer per call, looking every ``timeout`` seconds
+    (sooner while connecting), costs less than a timer per message."""
+
+    def __init__(
+        self, stream: object, deadline: asyncio.Timeout, timeout: float, connect_timeout: float
+    ) -> None:
+        self._stream = stream
+        self._deadline = deadline
+        self._timeout = timeout
+        self._loop = asyncio.get_running_loop()
+        self._connect_by = self._loop.time() + connect_timeout
+        self._connect_timeout = connect_timeout
+        self._steps = 0
+        self._seen: tuple[int, tuple[int, ...]] | None = None
+        self.expired: TimeoutError | None = None
+        self._timer = self._loop.call_later(min(timeout, connect_timeout), self._check)
+
+    def stepped(self) -> None:
+        self._steps += 1
+
+    def close(self) -> None:
+        self._timer.cancel()
+
+    def _check(self) -> None:
+        progress = _progress(self._stream)
+        if progress is None:  # not connected yet
+            left = self._connect_by - self._loop.time()
+            if left > 0:
+                self._timer = self._loop.call_later(min(self._timeout, left), self._check)
+                return
+            self.expired = TimeoutError(f"no connection for {self._connect_timeout:g} s")
+        else:
+            seen = (self._steps, progress)
+            if seen != self._seen:
+                self._seen = seen
+                self._timer = self._loop.call_later(self._timeout, self._check)
+                return
+            self.expired = TimeoutError(f"no progress for {self._timeout:g} s")
+        self._deadline.reschedule(self._loop.time())  # asyncio cancels the call now
 
 
 def _progress(stream: object) -> tuple[int, ...] | None:

@@ -570,7 +570,13 @@ def _sidecar_json(item: StoredItem) -> dict[str, Any]:
 
 def sidecar_path(data_path: Path) -> Path:
     """The hidden sidecar beside a data file."""
-    return data_path.with_name(f".{data_path.name}{SIDECAR_SUFFIX}")
+    return Path(sidecar_file(os.fspath(data_path)))
+
+
+def sidecar_file(data_path: str) -> str:
+    """:func:`sidecar_path` without pathlib, for the uploader's look at every file."""
+    head, name = os.path.split(data_path)
+    return os.path.join(head, f".{name}{SIDECAR_SUFFIX}")
 
 
 def write_sidecar(item: StoredItem) -> None:
@@ -651,7 +657,8 @@ def forwarded_metadata(data_path: str | os.PathLike[str]) -> ds.UploadMetadata |
     """The UploadMetadata a sink recorded for ``data_path``, or None when the file has no
     readable sidecar: what a syncd forwarding a store onward sends again."""
     try:
-        doc = json.loads(sidecar_path(Path(data_path)).read_text())
+        with open(sidecar_file(os.fspath(data_path)), "rb") as f:
+            doc = json.load(f)
         return ds.UploadMetadata.FromString(base64.b64decode(doc["upload_metadata_pb"]))
     except (OSError, ValueError, KeyError, TypeError, DecodeError):
         return None

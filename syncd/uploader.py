@@ -17,7 +17,6 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol, TypeVar
 
 from grpclib.exceptions import GRPCError
@@ -32,7 +31,7 @@ from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
 from syncd.logs import human_bytes
 from syncd.outbox import AsyncOutbox, ClaimedFile, ClaimedReading, FileItem
 from syncd.retry import Connectivity, Verdict, backoff_delay, classify, describe
-from syncd.sink_store import forwarded_metadata, sidecar_path
+from syncd.sink_store import forwarded_metadata, sidecar_file
 
 log = logging.getLogger("syncd.uploader")
 T = TypeVar("T")
@@ -48,6 +47,9 @@ METADATA_ALLOWANCE = 64 * 1024
 OTHER_WRITERS_POLL_S = 0.5
 # Bytes read from disk per trip to a worker thread when streaming a file.
 READ_BLOCK_BYTES = 1024 * 1024
+# Files up to this size are read on the event loop: from the page cache that costs less
+# than a trip to a worker thread, which on a busy loop waits for the GIL (milliseconds).
+INLINE_BYTES = 1024 * 1024
 # Uploads running longer than this report their progress.
 PROGRESS_LOG_S = 30.0
 # While the outbox refuses writes (its disk is full), the dispatcher retries this often.
@@ -486,9 +488,8 @@ class Uploader:
         await self._finish_file(item, nbytes, time.monotonic() - started)
 
     async def _off_loop_unless_small(self, item: ClaimedFile, fn: Callable[..., T], *args) -> T:
-        """Run a file's blocking I/O in a worker thread, or inline for a file of one chunk:
-        a stat and a few kilobytes from the page cache cost less than the thread hop."""
-        if item.kind == "file" and item.size <= self.cfg.sync.chunk_bytes:
+        """Run a file's blocking I/O in a worker thread, or inline for a small file."""
+        if item.size <= INLINE_BYTES:
             return fn(*args)
         return await asyncio.to_thread(fn, *args)
 
@@ -611,7 +612,7 @@ class Uploader:
         if source.origin is not None:
             md = mapping.as_forwarded(md, source.origin)
         if header.type == ds.DATA_TYPE_BINARY_SENSOR:
-            nbytes = await self._upload_binary_records(md, iter(reader))
+            nbytes = await self._upload_binary_records(md, iter(reader), reader.size)
         else:
             nbytes = await self._upload_tabular_records(md, reader, item.path)
         if reader.tail_error:
@@ -634,9 +635,13 @@ class Uploader:
             self.cfg.sync.max_request_bytes - mapping.field_size(len(md_bytes)),
         )
         requests = _Requests(batches, md_bytes, path)
+        inline = reader.size <= INLINE_BYTES  # as in _off_loop_unless_small
         total = 0
         more = True
-        while more and (got := await asyncio.to_thread(requests.next)):
+        while more:
+            got = requests.next() if inline else await asyncio.to_thread(requests.next)
+            if got is None:
+                break
             request, count, more = got
             started = time.monotonic()
             await self._spend(len(request))
@@ -647,10 +652,17 @@ class Uploader:
         return total
 
     async def _upload_binary_records(
-        self, md: ds.UploadMetadata, records: Iterator[ReadingRecord]
+        self, md: ds.UploadMetadata, records: Iterator[ReadingRecord], file_size: int
     ) -> int:
+        inline = file_size <= INLINE_BYTES  # as in _off_loop_unless_small
         total = 0
-        while (record := await asyncio.to_thread(_next_record, records)) is not None:
+        while True:
+            if inline:
+                record = _next_record(records)
+            else:
+                record = await asyncio.to_thread(_next_record, records)
+            if record is None:
+                break
             if record.data_field != "binary":
                 raise CaptureFileError("a binary capture file holds tabular readings")
             started = time.monotonic()
@@ -752,7 +764,7 @@ def _close_source(path: str, size: int, mtime_ns: int, delete: bool) -> os.stat_
     if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
         return st
     if delete:
-        for victim in (path, sidecar_path(Path(path))):
+        for victim in (path, sidecar_file(path)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(victim)
     return None
