@@ -6,9 +6,11 @@ Serves the twelve ``viam.app.data.v1.DataService`` RPCs that Viam's Python SDK
 ``delete_binary_data_by_ids``, tag add/remove by ids and by filter, ``tags_by_filter``,
 ``bounding_box_labels_by_filter``); the other RPCs of Viam's DataService are answered
 UNIMPLEMENTED.
-The semantics Viam leaves open (order, intervals, identity fields) are those of
-:mod:`syncd.sink_index`. Here: requests become :class:`~syncd.sink_index.ItemFilter`\\ s,
-rows become Viam's result messages, and the blocking work runs in worker threads.
+The semantics Viam leaves open are those of the index: order and intervals in
+:mod:`syncd.sink_index_query`, times and MIME types in :mod:`syncd.sink_index_schema`,
+identity fields in :class:`~syncd.sink_index_types.CaptureIdentity`. Here: requests become
+:class:`~syncd.sink_index_types.ItemFilter`\\ s, rows become Viam's result messages, and
+the blocking work runs in worker threads.
 
 - Paging: ``limit`` 0 means 50. ``last`` is an opaque cursor, set on every non-empty page;
   a page after the final row is empty and keeps the ``last`` it was given. A page of
@@ -46,13 +48,13 @@ from syncd.gen.app.data.v1 import data_pb2 as pb
 from syncd.gen.app.data.v1.data_grpc import DataServiceBase
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
 from syncd.mapping import timestamp_from_ns, with_dot
-from syncd.sink_index import (
+from syncd.sink_index import SinkIndex
+from syncd.sink_index_types import (
     BinaryRow,
     CaptureIdentity,
     ItemFilter,
     Meta,
     Page,
-    SinkIndex,
     TabularRow,
     TagsMode,
     datetime_ns,

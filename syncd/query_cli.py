@@ -27,14 +27,8 @@ from syncd.errors import SyncdError
 from syncd.gen.app.data.v1 import data_pb2
 from syncd.logs import human_bytes
 from syncd.mapping import with_dot
-from syncd.sink_index import (
-    INDEX_NAME,
-    BinaryRow,
-    ItemFilter,
-    SinkIndex,
-    TabularRow,
-    datetime_ns,
-)
+from syncd.sink_index import INDEX_NAME, SinkIndex
+from syncd.sink_index_types import BinaryRow, ItemFilter, TabularRow, datetime_ns
 from syncd.sink_store import file_basename
 
 _PAGE = 1000

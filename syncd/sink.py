@@ -26,7 +26,7 @@ sweep_interval_s=600, identity=None)``:
   one message); ``max_upload_bytes`` bounds one upload's payload; ``min_free_bytes`` is
   the free space the store always keeps. Beyond any of them: RESOURCE_EXHAUSTED, nothing
   stored.
-- ``identity`` (a :class:`~syncd.sink_index.CaptureIdentity`) is the organization,
+- ``identity`` (a :class:`~syncd.sink_index_types.CaptureIdentity`) is the organization,
   location, robot and part name the DataService reports and filters by.
 """
 
@@ -58,7 +58,8 @@ from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
 from syncd.gen.app.datasync.v1.data_sync_grpc import DataSyncServiceBase
 from syncd.gen.proto.rpc.v1 import auth_pb2
 from syncd.gen.proto.rpc.v1.auth_grpc import AuthServiceBase
-from syncd.sink_index import CaptureIdentity, SinkIndex
+from syncd.sink_index import SinkIndex
+from syncd.sink_index_types import CaptureIdentity
 from syncd.sink_store import (
     DEFAULT_MAX_UPLOAD_BYTES,
     DEFAULT_MIN_FREE_BYTES,

@@ -34,7 +34,7 @@ import yaml
 
 from syncd.errors import ConfigError
 from syncd.sink import DEFAULT_MAX_MESSAGE_BYTES
-from syncd.sink_index import CaptureIdentity
+from syncd.sink_index_types import CaptureIdentity
 from syncd.sink_store import DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_MIN_FREE_BYTES
 
 LOG_LEVELS = ("debug", "info", "warning", "error")

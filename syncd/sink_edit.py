@@ -1,10 +1,10 @@
 """Changes to stored items after their upload: edited tags, deletion, a tabular file cut short.
 
-The file side of the sink's data API. :mod:`syncd.sink_index` decides what changes and keeps
-its rows in step (its docstring gives the crash-safe order of index and file changes). Each
-change is atomic per file: new content goes to a hidden ``.tmp-*`` file (swept by
-:meth:`~syncd.sink_store.Store.open` if a crash leaves it) that is fsynced and renamed into
-place, and the folder is fsynced.
+The file side of the sink's data API. :mod:`syncd.sink_index_changes` decides what changes
+and keeps the index's rows in step (its docstring gives the crash-safe order of index and
+file changes). Each change is atomic per file: new content goes to a hidden ``.tmp-*`` file
+(swept by :meth:`~syncd.sink_store.Store.open` if a crash leaves it) that is fsynced and
+renamed into place, and the folder is fsynced.
 """
 
 from __future__ import annotations

@@ -45,7 +45,8 @@ from syncd.gen.proto.rpc.v1 import auth_pb2
 from syncd.gen.proto.rpc.v1.auth_grpc import AuthServiceStub
 from syncd.outbox import Outbox
 from syncd.sink import Sink
-from syncd.sink_index import INDEX_NAME, CaptureIdentity, SinkIndex, datetime_ns
+from syncd.sink_index import INDEX_NAME, SinkIndex
+from syncd.sink_index_types import CaptureIdentity, datetime_ns
 from syncd.sink_store import iter_store
 
 PART = "part-7"

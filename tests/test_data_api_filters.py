@@ -24,13 +24,14 @@ from google.protobuf import struct_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from syncd import mapping, sink_index
+from syncd import mapping, sink_index_query
 from syncd.cloud import CloudClient
 from syncd.data_api import item_filter
 from syncd.gen.app.data.v1 import data_pb2 as pb
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
 from syncd.sink import Sink
-from syncd.sink_index import CaptureIdentity, SinkIndex, datetime_ns
+from syncd.sink_index import SinkIndex
+from syncd.sink_index_types import CaptureIdentity, datetime_ns
 from syncd.sink_store import iter_store
 
 IDENTITY = CaptureIdentity(organization_id="org-1", robot_id="robot-1", part_name="main")
@@ -287,7 +288,7 @@ def test_filters_match_a_brute_force_scan(
 ) -> None:
     """``walk`` is how far a page query walks in time order before it fetches all its
     matches and sorts them, so that both ways, and their hand-over, are checked."""
-    with mock.patch.object(sink_index, "_WALK", walk):
+    with mock.patch.object(sink_index_query, "_WALK", walk):
         check_filter(corpus, data.draw(filters(corpus.times)), limit, ascending)
 
 

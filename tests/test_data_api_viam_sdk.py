@@ -21,7 +21,7 @@ from syncd import mapping
 from syncd.cloud import CloudClient
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
 from syncd.sink import Sink
-from syncd.sink_index import CaptureIdentity, datetime_ns
+from syncd.sink_index_types import CaptureIdentity, datetime_ns
 from syncd.sink_store import iter_store
 
 SCRIPT = Path(__file__).with_name("viam_sdk_data_client.py")

@@ -19,7 +19,7 @@ from google.protobuf.message import Message
 
 from syncd.data_api import item_filter
 from syncd.gen.app.data.v1 import data_pb2 as pb
-from syncd.sink_index import ItemFilter, TagsMode
+from syncd.sink_index_types import ItemFilter, TagsMode
 
 PLUS_TWO = timezone(timedelta(hours=2))
 

@@ -18,7 +18,9 @@ import pytest
 
 from syncd import mapping
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
-from syncd.sink_index import INDEX_NAME, SCHEMA_VERSION, ItemFilter, SinkIndex
+from syncd.sink_index import INDEX_NAME, SinkIndex
+from syncd.sink_index_schema import SCHEMA_VERSION
+from syncd.sink_index_types import ItemFilter
 from syncd.sink_store import Store, iter_store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -164,7 +166,8 @@ def test_a_failed_change_leaves_index_and_disk_agreeing(
 _CRASH = r"""
 import os, sys
 from syncd import sink_edit
-from syncd.sink_index import ItemFilter, SinkIndex
+from syncd.sink_index import SinkIndex
+from syncd.sink_index_types import ItemFilter
 
 root, step, change = sys.argv[1], sys.argv[2], sys.argv[3]
 real = getattr(sink_edit, step)
