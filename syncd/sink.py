@@ -65,8 +65,8 @@ from syncd.sink_store import (
     DEFAULT_MIN_FREE_BYTES,
     PendingUpload,
     Store,
-    StoredItem,
 )
+from syncd.sink_store_items import StoredItem
 
 if TYPE_CHECKING:
     from syncd.sink_config import SinkConfig

@@ -18,14 +18,14 @@ from pathlib import Path
 from syncd.capture_file import CaptureReader, encode_uvarint
 from syncd.fsutil import fsync_dir
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
-from syncd.sink_store import TEMP_PREFIX, StoredItem, sidecar_path, write_sidecar
+from syncd.sink_store_items import TEMP_PREFIX, StoredItem, sidecar_path, write_sidecar
 
 
 def retag(item: StoredItem, tags: Sequence[str]) -> StoredItem:
     """``item`` with exactly ``tags``, recorded in its sidecar.
 
     The capture-file header keeps the tags the upload carried: the sidecar is what the
-    sink and :func:`~syncd.sink_store.iter_store` read.
+    sink and :func:`~syncd.sink_store_items.iter_store` read.
     """
     um = ds.UploadMetadata()
     um.CopyFrom(item.upload_metadata)

@@ -1,6 +1,6 @@
 """The sink's query index: SQLite beside the store, so that data queries never walk the disk.
 
-``<store>/.index.db`` is hidden like the sidecars, so :func:`~syncd.sink_store.iter_store`
+``<store>/.index.db`` is hidden like the sidecars, so :func:`~syncd.sink_store_items.iter_store`
 and a syncd forwarding the store skip it. The sink records each upload once the store has
 committed it (:meth:`SinkIndex.record`). :meth:`SinkIndex.open` builds the index from the
 store's sidecars when it is missing, unreadable or of another schema version; otherwise the
@@ -37,7 +37,7 @@ from syncd import sink_index_query as query
 from syncd import sink_index_schema as schema
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
 from syncd.sink_index_types import BinaryRow, CaptureIdentity, ItemFilter, Page, TabularRow
-from syncd.sink_store import StoredItem, iter_store, load_item
+from syncd.sink_store_items import StoredItem, iter_store, load_item
 
 log = logging.getLogger("syncd.sink")
 

@@ -36,7 +36,7 @@ from syncd.sink_index_schema import (
     transaction,
 )
 from syncd.sink_index_types import CaptureIdentity, ItemFilter
-from syncd.sink_store import load_item
+from syncd.sink_store_items import load_item
 
 log = logging.getLogger("syncd.sink")
 

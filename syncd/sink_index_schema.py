@@ -39,7 +39,7 @@ from syncd.capture_file import CaptureReader
 from syncd.errors import CaptureFileError
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
 from syncd.sink_index_types import datetime_ns, timestamp_ns
-from syncd.sink_store import CorruptStoreFile, StoredItem
+from syncd.sink_store_items import CorruptStoreFile, StoredItem
 
 log = logging.getLogger("syncd.sink")
 

@@ -48,7 +48,7 @@ from pathlib import Path
 
 from syncd.capture_file import CaptureWriter, capture_path
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
-from syncd.sink_store import iter_store
+from syncd.sink_store_items import iter_store
 
 ROOT = Path(__file__).resolve().parent.parent
 SYNCD = [sys.executable, "-m", "syncd"]

@@ -19,7 +19,8 @@ from grpclib.client import Channel
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
 from syncd.gen.app.datasync.v1.data_sync_grpc import DataSyncServiceStub
 from syncd.sink import Sink
-from syncd.sink_store import PendingUpload, iter_store
+from syncd.sink_store import PendingUpload
+from syncd.sink_store_items import iter_store
 
 
 def test_kill_9_at_random_loses_nothing(tmp_path):

@@ -47,7 +47,7 @@ from syncd.outbox import Outbox
 from syncd.sink import Sink
 from syncd.sink_index import INDEX_NAME, SinkIndex
 from syncd.sink_index_types import CaptureIdentity, datetime_ns
-from syncd.sink_store import iter_store
+from syncd.sink_store_items import iter_store
 
 PART = "part-7"
 IDENTITY = CaptureIdentity(

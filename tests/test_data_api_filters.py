@@ -32,7 +32,7 @@ from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
 from syncd.sink import Sink
 from syncd.sink_index import SinkIndex
 from syncd.sink_index_types import CaptureIdentity, datetime_ns
-from syncd.sink_store import iter_store
+from syncd.sink_store_items import iter_store
 
 IDENTITY = CaptureIdentity(organization_id="org-1", robot_id="robot-1", part_name="main")
 COMPONENTS = [

@@ -22,7 +22,7 @@ from syncd.cloud import CloudClient
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
 from syncd.sink import Sink
 from syncd.sink_index_types import CaptureIdentity, datetime_ns
-from syncd.sink_store import iter_store
+from syncd.sink_store_items import iter_store
 
 SCRIPT = Path(__file__).with_name("viam_sdk_data_client.py")
 KEY_ID = "2d3c4e5f-6a7b-4c8d-9e0f-1a2b3c4d5e6f"

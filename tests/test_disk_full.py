@@ -27,7 +27,7 @@ from daemon_support import (
 from recording_server import RecordingServer
 
 from syncd.outbox import Outbox
-from syncd.sink_store import iter_store
+from syncd.sink_store_items import iter_store
 
 MiB = 1024 * 1024
 

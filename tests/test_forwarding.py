@@ -19,7 +19,7 @@ from syncd.daemon import run_daemon
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
 from syncd.outbox import Outbox
 from syncd.sink import Sink
-from syncd.sink_store import StoredItem, iter_store
+from syncd.sink_store_items import StoredItem, iter_store
 
 
 def config(tmp: Path, part: str, capture: Path, state: Path, port: int, tags: str) -> Path:

@@ -41,7 +41,7 @@ from recording_server import RecordingServer, Upload, cut
 from syncd.config import load_config
 from syncd.daemon import run_daemon
 from syncd.outbox import Outbox, Reading
-from syncd.sink_store import iter_store
+from syncd.sink_store_items import iter_store
 
 MiB = 1024 * 1024
 

@@ -17,7 +17,7 @@ from syncd.gen.app.datasync.v1.data_sync_grpc import DataSyncServiceStub
 from syncd.gen.proto.rpc.v1 import auth_pb2
 from syncd.gen.proto.rpc.v1.auth_grpc import AuthServiceStub
 from syncd.sink_config import load_sink_config
-from syncd.sink_store import iter_store
+from syncd.sink_store_items import iter_store
 
 ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"sink listening on 127\.0\.0\.1:(\d+), storing into (\S+)")

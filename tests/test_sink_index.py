@@ -21,7 +21,8 @@ from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
 from syncd.sink_index import INDEX_NAME, SinkIndex
 from syncd.sink_index_schema import SCHEMA_VERSION
 from syncd.sink_index_types import ItemFilter
-from syncd.sink_store import Store, iter_store
+from syncd.sink_store import Store
+from syncd.sink_store_items import iter_store
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -29,7 +29,7 @@ from syncd.gen.proto.rpc.v1 import auth_pb2
 from syncd.gen.proto.rpc.v1.auth_grpc import AuthServiceStub
 from syncd.sink import Sink
 from syncd.sink_index import INDEX_NAME
-from syncd.sink_store import StoredItem, iter_store
+from syncd.sink_store_items import StoredItem, iter_store
 
 KEY_ID = "0b5e5b8c-6e36-4a8e-9d2b-1f1b3c1d2e3f"
 KEY = "sink-test-key-3f9a1c"

@@ -15,14 +15,8 @@ from hypothesis import strategies as st
 
 from syncd.errors import StorageLimitError
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
-from syncd.sink_store import (
-    Store,
-    file_basename,
-    iter_store,
-    safe_component,
-    safe_extension,
-    sidecar_path,
-)
+from syncd.sink_store import Store, file_basename, safe_component, safe_extension
+from syncd.sink_store_items import iter_store, sidecar_path
 
 BIN_UM = ds.UploadMetadata(
     part_id="p", component_type="camera", component_name="c", method_name="ReadImage", type=1

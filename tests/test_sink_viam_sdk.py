@@ -14,7 +14,7 @@ from google.protobuf.wrappers_pb2 import StringValue
 
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
 from syncd.sink import Sink
-from syncd.sink_store import StoredItem, iter_store
+from syncd.sink_store_items import StoredItem, iter_store
 
 SCRIPT = Path(__file__).with_name("viam_sdk_client.py")
 KEY_ID = "6c1d7d2e-8a4b-4f0e-9b1a-2d3c4e5f6a7b"

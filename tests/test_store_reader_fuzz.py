@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from syncd.capture_file import encode_uvarint
-from syncd.sink_store import CorruptStoreFile, iter_store, load_item
+from syncd.sink_store_items import CorruptStoreFile, iter_store, load_item
 
 FUZZ = settings(
     max_examples=150,
