@@ -38,8 +38,10 @@ from syncd.gen.app.data.v1 import data_pb2 as pb
 from syncd.gen.app.data.v1.data_grpc import DataServiceStub
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
 from syncd.sink import Sink
-from syncd.sink_index import ItemFilter, SinkIndex
-from syncd.sink_store import Store, StoredItem
+from syncd.sink_index import SinkIndex
+from syncd.sink_index_types import ItemFilter
+from syncd.sink_store import Store
+from syncd.sink_store_items import StoredItem
 
 TARGET_MS = 100.0
 T0 = 1_780_000_000 * 10**9

@@ -16,7 +16,7 @@ import sys
 import termios
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from grpclib.client import Channel
 from grpclib.const import Status
@@ -28,8 +28,6 @@ from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
 from syncd.gen.proto.rpc.v1 import auth_grpc, auth_pb2
 
 log = logging.getLogger("syncd.cloud")
-
-T = TypeVar("T")
 
 ChunkSource = Callable[[], AsyncIterator[bytes]]
 """Makes a fresh iterator over an upload's bytes, so a retried call can start over."""
@@ -75,12 +73,11 @@ class CloudClient:
     """A grpclib channel to a DataSyncService, authenticating with an API key if given.
 
     ``connect_timeout_s`` (default: ``call_timeout_s``) bounds opening the connection.
-    ``call_timeout_s`` bounds every step of a call (one message sent, the answer
-    received) while nothing moves: a step fails after that long without progress, that is
-    without the server taking any of the call's bytes (see :func:`_progress`). So a
-    server that never answers frees the caller, and a slow link or a slow server, which
-    take seconds to drain what the kernel and HTTP/2 buffered, put no ceiling on how long
-    an upload may take. The server's flow-control updates come every half window (2 MB
+    ``call_timeout_s`` bounds how long a call may go without progress: no message sent
+    or received, and none of its bytes taken by the server (see :func:`_progress`); then
+    it fails with TimeoutError. So a server that never answers frees the caller, and a
+    slow link or a slow server, which take seconds to drain what the kernel and HTTP/2
+    buffered, put no ceiling on how long an upload may take. The server's flow-control updates come every half window (2 MB
     for grpclib's 4 MB), so the timeout must exceed the time it needs to take that much.
     """
 

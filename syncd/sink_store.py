@@ -75,10 +75,6 @@ from syncd.sink_store_items import (
     uvarint,
 )
 
-# Re-exported: the uploader of a syncd that forwards a store imports them from here.
-from syncd.sink_store_items import forwarded_metadata as forwarded_metadata
-from syncd.sink_store_items import sidecar_file as sidecar_file
-
 log = logging.getLogger("syncd.sink")
 
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024**3

@@ -31,7 +31,7 @@ from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
 from syncd.logs import human_bytes
 from syncd.outbox import AsyncOutbox, ClaimedFile, ClaimedReading, FileItem
 from syncd.retry import Connectivity, Verdict, backoff_delay, classify, describe
-from syncd.sink_store import forwarded_metadata, sidecar_file
+from syncd.sink_store_items import forwarded_metadata, sidecar_file
 
 log = logging.getLogger("syncd.uploader")
 T = TypeVar("T")
@@ -49,7 +49,10 @@ OTHER_WRITERS_POLL_S = 0.5
 READ_BLOCK_BYTES = 1024 * 1024
 # Files up to this size are read on the event loop: from the page cache that costs less
 # than a trip to a worker thread, which on a busy loop waits for the GIL (milliseconds).
-INLINE_BYTES = 1024 * 1024
+INLINE_READ_BYTES = 1024 * 1024
+# Deleting frees the file's pages, which grows with its size (0.7 ms for 200 kB): above
+# this size the unlink goes to a worker thread, where it holds up no other upload.
+INLINE_DELETE_BYTES = 64 * 1024
 # Uploads running longer than this report their progress.
 PROGRESS_LOG_S = 30.0
 # While the outbox refuses writes (its disk is full), the dispatcher retries this often.
@@ -83,6 +86,21 @@ class UploadEvents(Protocol):
 
     def failed(self, code: str) -> None:
         """An upload failed; ``code`` is the gRPC status name or the error's class."""
+
+
+class _Slot:
+    """One of the ``sync.concurrency`` upload slots, held by one unit of work and given
+    back once the server has acknowledged it: deleting the source and recording the ack
+    are local bookkeeping, which need not hold up the next upload."""
+
+    def __init__(self, free: Callable[[], None]) -> None:
+        self._free: Callable[[], None] | None = free
+
+    def release(self) -> None:
+        """Give the slot back (once; later calls do nothing)."""
+        if self._free is not None:
+            free, self._free = self._free, None
+            free()
 
 
 class _GroupAcks:
@@ -284,16 +302,19 @@ class Uploader:
 
     async def _run_unit(self, work: ClaimedFile | list[ClaimedReading]) -> None:
         ids = [r.id for r in work] if isinstance(work, list) else [work.id]
+        slot = _Slot(self._free_slot)
         try:
             if isinstance(work, list):
                 await self._guard(
-                    self._upload_readings(work),
+                    self._upload_readings(work, slot),
                     [r.id for r in work],
                     work[0].attempts,
                     _stream_name(work[0]),
                 )
             else:
-                await self._guard(self._upload_file(work), [work.id], work.attempts, work.path)
+                await self._guard(
+                    self._upload_file(work, slot), [work.id], work.attempts, work.path
+                )
         except OutboxError as exc:
             # Its outcome could not be written (the outbox's disk is full, say): the rows
             # stay claimed until the dispatcher can put them back.
@@ -306,11 +327,14 @@ class Uploader:
             )
         finally:
             self._active -= 1
-            if self._surplus > 0:
-                self._surplus -= 1
-            else:
-                self._slots.release()
+            slot.release()
             self.wake()
+
+    def _free_slot(self) -> None:
+        if self._surplus > 0:  # sync.concurrency was lowered: retire this slot
+            self._surplus -= 1
+        else:
+            self._slots.release()
 
     async def _guard(self, upload, ids: list[int], attempts: int, source: str) -> None:
         """Run one upload and file its outcome; nothing escapes except cancellation."""
@@ -391,7 +415,7 @@ class Uploader:
 
     # --- readings pushed by robot programs --------------------------------------------
 
-    async def _upload_readings(self, readings: list[ClaimedReading]) -> None:
+    async def _upload_readings(self, readings: list[ClaimedReading], slot: _Slot) -> None:
         first = readings[0]
         stream = mapping.Stream(
             component_type=first.component_type,
@@ -426,6 +450,7 @@ class Uploader:
             started = time.monotonic()
             await self._spend(size)
             await self._call(lambda: self.transport.data_capture_upload(request))
+            slot.release()
             await self._acks.ack([r.id for r in readings])
             self.stats.count_readings(len(readings), size)
             self._uploaded("tabular", len(readings), size, started)
@@ -462,10 +487,14 @@ class Uploader:
 
     # --- files -------------------------------------------------------------------------
 
-    async def _upload_file(self, item: ClaimedFile) -> None:
+    async def _upload_file(self, item: ClaimedFile, slot: _Slot) -> None:
         try:
-            source = await self._off_loop_unless_small(
-                item, _open_source, item.path, item.kind, self.cfg.sync.chunk_bytes
+            source = await _blocking_io(
+                item.size <= INLINE_READ_BYTES,
+                _open_source,
+                item.path,
+                item.kind,
+                self.cfg.sync.chunk_bytes,
             )
         except FileNotFoundError:
             log.warning("%s vanished before it was uploaded; dropping it from the queue", item.path)
@@ -485,13 +514,8 @@ class Uploader:
         finally:
             if source.reader is not None:
                 source.reader.close()
+        slot.release()
         await self._finish_file(item, nbytes, time.monotonic() - started)
-
-    async def _off_loop_unless_small(self, item: ClaimedFile, fn: Callable[..., T], *args) -> T:
-        """Run a file's blocking I/O in a worker thread, or inline for a small file."""
-        if item.size <= INLINE_BYTES:
-            return fn(*args)
-        return await asyncio.to_thread(fn, *args)
 
     async def _requeue_changed(self, item: ClaimedFile, st: os.stat_result) -> None:
         """The file is not what was queued: queue it again as it is now."""
@@ -505,8 +529,13 @@ class Uploader:
 
     async def _finish_file(self, item: ClaimedFile, nbytes: int, elapsed: float) -> None:
         delete = self.cfg.sync.delete_after_upload or item.kind == "prog"
-        changed = await self._off_loop_unless_small(
-            item, _close_source, item.path, item.size, item.mtime_ns, delete
+        changed = await _blocking_io(
+            item.size <= INLINE_DELETE_BYTES,
+            _close_source,
+            item.path,
+            item.size,
+            item.mtime_ns,
+            delete,
         )
         if changed is not None:
             # Never acknowledge new content as uploaded: send it again.
@@ -635,11 +664,11 @@ class Uploader:
             self.cfg.sync.max_request_bytes - mapping.field_size(len(md_bytes)),
         )
         requests = _Requests(batches, md_bytes, path)
-        inline = reader.size <= INLINE_BYTES  # as in _off_loop_unless_small
+        inline = reader.size <= INLINE_READ_BYTES
         total = 0
         more = True
         while more:
-            got = requests.next() if inline else await asyncio.to_thread(requests.next)
+            got = await _blocking_io(inline, requests.next)
             if got is None:
                 break
             request, count, more = got
@@ -654,13 +683,10 @@ class Uploader:
     async def _upload_binary_records(
         self, md: ds.UploadMetadata, records: Iterator[ReadingRecord], file_size: int
     ) -> int:
-        inline = file_size <= INLINE_BYTES  # as in _off_loop_unless_small
+        inline = file_size <= INLINE_READ_BYTES
         total = 0
         while True:
-            if inline:
-                record = _next_record(records)
-            else:
-                record = await asyncio.to_thread(_next_record, records)
+            record = await _blocking_io(inline, _next_record, records)
             if record is None:
                 break
             if record.data_field != "binary":
@@ -735,6 +761,13 @@ class _Requests:
                 return None
             self._ahead = next(self._batches, None)
         return mapping.encode_request(self._metadata, batch), len(batch), self._ahead is not None
+
+
+async def _blocking_io(inline: bool, fn: Callable[..., T], *args) -> T:
+    """``fn(*args)`` on the event loop when ``inline`` (cheap enough), else in a thread."""
+    if inline:
+        return fn(*args)
+    return await asyncio.to_thread(fn, *args)
 
 
 def _next_record(records: Iterator[ReadingRecord]) -> ReadingRecord | None:
