@@ -51,8 +51,8 @@ READ_BLOCK_BYTES = 1024 * 1024
 # Files up to this size are read on the event loop: from the page cache that costs less
 # than a trip to a worker thread, which on a busy loop waits for the GIL (milliseconds).
 INLINE_READ_BYTES = 1024 * 1024
-# Deleting frees the file's pages, which grows with its size (0.7 ms for 200 kB): above
-# this size the unlink goes to a worker thread, where it holds up no other upload.
+# Deleting a file frees its blocks, which takes longer the bigger it is (0.34 ms for
+# 200 kB on ext4 once written back): above this size, in a worker thread.
 INLINE_DELETE_BYTES = 64 * 1024
 # In-call retries of transient errors: the first wait, its jitter, the longest wait.
 CALL_RETRY_FIRST_S = 0.2
