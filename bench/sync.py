@@ -276,7 +276,7 @@ def main() -> None:
         "--only", choices=("tabular", "big", "small"), help="run one workload, not all three"
     )
     args = parser.parse_args()
-    sizes = (20_000, 64, 300) if args.quick else (200_000, 512, 2000)
+    sizes = (20_000, 64, 300) if args.quick else (1_000_000, 512, 2000)
     repeat = 1 if args.quick else args.repeat
     server = subprocess.Popen(
         [
