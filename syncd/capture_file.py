@@ -548,7 +548,6 @@ class CaptureReader:
         fd, size = self._file.fileno(), self.size
         window = max(max_bytes, 1 << 20)
         data, base = b"", self.readings_offset  # a block of the file, starting at ``base``
-        view = memoryview(data)
         pos = base
         batch: list[bytes | memoryview] = []
         room = max_bytes  # what the batch may still take: each reading costs 1 + its frame
@@ -585,11 +584,11 @@ class CaptureReader:
                 self.dropped_bytes = size - pos
                 self.tail_error = str(e)
                 break
-            view, base = memoryview(data), pos
+            base = pos
             if want >= room and batch:
                 yield batch
                 batch, room = [], max_bytes
-            batch.append(view[:want])
+            batch.append(memoryview(data)[:want])  # may be large: a view, not a copy
             room -= 1 + want
             pos += want
         if batch:
