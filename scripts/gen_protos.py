@@ -10,6 +10,7 @@ package names (``app``, ``proto``) in a robot program's interpreter.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -56,7 +57,11 @@ def generate(out: Path) -> None:
             f"--grpclib_python_out={tmp}",
             *(str(p.relative_to(PROTO_ROOT)) for p in proto_files()),
         ]
-        subprocess.run(cmd, check=True, cwd=PROTO_ROOT)
+        # protoc finds its grpclib plugin on PATH: the one installed beside this Python,
+        # also when the venv is not activated.
+        env = dict(os.environ)
+        env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+        subprocess.run(cmd, check=True, cwd=PROTO_ROOT, env=env)
         for module in tmp.rglob("*.py"):
             module.write_text(HEADER + _rewrite(module.read_text()))
         for folder in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:
