@@ -26,3 +26,16 @@ def fsync_dir(path: str | os.PathLike[str], *, strict: bool = True) -> None:
     finally:
         with contextlib.suppress(OSError):
             os.close(fd)
+
+
+def read_fd(fd: int, limit: int = -1) -> bytes:
+    """What is left to read from ``fd``, up to ``limit`` bytes (all when negative)."""
+    parts = []
+    left = limit
+    while left != 0:
+        part = os.read(fd, left if left > 0 else 1 << 20)
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part) if left > 0 else 0
+    return parts[0] if len(parts) == 1 else b"".join(parts)

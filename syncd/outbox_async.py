@@ -104,6 +104,18 @@ class AsyncOutbox:
         """See :meth:`Outbox.ack`."""
         await self._run(self._core.ack, ids, now)
 
+    async def ack_after(self, work: Callable[[], tuple[Sequence[int], T]]) -> T:
+        """Run ``work`` on the outbox's thread, then ack the ids it returns: one trip to
+        the thread for what must happen just before an ack (deleting uploaded files).
+        Returns what ``work`` returned beside the ids."""
+
+        def work_then_ack() -> T:
+            ids, result = work()
+            self._core.ack(ids)
+            return result
+
+        return await self._run(work_then_ack)
+
     async def ack_file_keep(
         self, id: int, path: str, size: int, mtime_ns: int, now: float | None = None
     ) -> None:

@@ -41,7 +41,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
 from syncd.errors import SyncdError
-from syncd.fsutil import fsync_dir
+from syncd.fsutil import fsync_dir, read_fd
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
 
 log = logging.getLogger("syncd.sink")
@@ -248,14 +248,31 @@ class StoredItem:
         raise ValueError("tabular data has no single payload; use sensor_data()")
 
 
-def forwarded_metadata(data_path: str | os.PathLike[str]) -> ds.UploadMetadata | None:
-    """The UploadMetadata a sink recorded for ``data_path``, or None when the file has no
-    readable sidecar: what a syncd forwarding a store onward sends again."""
+def read_sidecar(data_path: str) -> bytes | None:
+    """The bytes of ``data_path``'s sidecar; None when it has none, b"" when it has one
+    that cannot be read. The uploader asks this of every file it sends, so it costs one
+    failed open when there is no sidecar."""
     try:
-        with open(sidecar_file(os.fspath(data_path)), "rb") as f:
-            doc = json.load(f)
+        fd = os.open(sidecar_file(data_path), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return b""
+    try:
+        return read_fd(fd)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+
+
+def forwarded_metadata(sidecar: bytes) -> ds.UploadMetadata | None:
+    """The UploadMetadata a sink recorded in ``sidecar`` (see :func:`read_sidecar`), or
+    None if it does not parse: what a syncd forwarding a store onward sends again."""
+    try:
+        doc = json.loads(sidecar)
         return ds.UploadMetadata.FromString(base64.b64decode(doc["upload_metadata_pb"]))
-    except (OSError, ValueError, KeyError, TypeError, DecodeError):
+    except (ValueError, KeyError, TypeError, DecodeError):
         return None
 
 

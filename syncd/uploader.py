@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -28,11 +29,12 @@ from syncd.capture_file import CaptureReader, ReadingRecord
 from syncd.cloud import UploadTransport
 from syncd.config import Config
 from syncd.errors import CaptureFileError, OutboxError, SourceError
+from syncd.fsutil import read_fd
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
 from syncd.logs import human_bytes
 from syncd.outbox import AsyncOutbox, ClaimedFile, ClaimedReading, FileItem
 from syncd.retry import Connectivity, Verdict, backoff_delay, classify, describe
-from syncd.sink_store_items import forwarded_metadata, sidecar_file
+from syncd.sink_store_items import forwarded_metadata, read_sidecar, sidecar_file
 
 log = logging.getLogger("syncd.uploader")
 T = TypeVar("T")
@@ -41,7 +43,7 @@ T = TypeVar("T")
 # lease is a backstop for a wedged task, long enough for a slow big upload.
 LEASE_S = 6 * 3600.0
 # Files claimed per outbox transaction; the ones not started yet wait in memory.
-FILES_PER_CLAIM = 16
+FILES_PER_CLAIM = 64
 # Room left in a request for its metadata when batching readings by bytes.
 METADATA_ALLOWANCE = 64 * 1024
 # How often to look for readings that other processes (robot programs) enqueued.
@@ -61,6 +63,10 @@ CALL_RETRY_MAX_S = 2.0
 PROGRESS_LOG_S = 30.0
 # While the outbox refuses writes (its disk is full), the dispatcher retries this often.
 OUTBOX_RETRY_MAX_S = 30.0
+# Acknowledgements gather this long before they are committed together: one transaction
+# per ack costs the outbox thread more than a small file's whole upload. The slot is free
+# already, so nothing waits on it but the row.
+ACK_GATHER_S = 0.02
 
 
 @dataclass
@@ -107,45 +113,81 @@ class _Slot:
             free()
 
 
+# What became of a file to delete after its upload: None (deleted), its new stat (it
+# changed since it was read: kept), or why it could not be looked at or deleted.
+_Outcome = os.stat_result | OSError | None
+
+
+@dataclass(frozen=True)
+class _Close:
+    """A file to delete after its upload, unless it changed since it was read."""
+
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    sidecar: bool
+
+
 class _GroupAcks:
     """Acknowledgements of concurrent uploads share one outbox transaction (group
-    commit): an ack joins the next flush and returns once that flush is committed."""
+    commit): an ack joins the next flush and returns once that flush is committed. Files
+    to delete join it too: their deletes run on the outbox's thread just before the
+    commit, in the same trip, so a crash in between leaves a row whose file is gone
+    (dropped at the next claim), never a file whose row is gone (which would upload
+    twice). A flush waits ``ACK_GATHER_S`` for company: each trip to that thread wakes
+    it and the event loop, which costs a small file's upload more than its own ack."""
 
     def __init__(self, outbox: AsyncOutbox) -> None:
         self._outbox = outbox
         self._ids: list[int] = []
-        self._flushed: asyncio.Future[None] | None = None
+        self._closes: list[_Close] = []
+        self._flushed: asyncio.Future[dict[int, _Outcome]] | None = None
         self._wanted = asyncio.Event()
 
     async def ack(self, ids: list[int]) -> None:
+        self._ids.extend(ids)
+        await self._next_flush()
+
+    async def delete_and_ack(self, close: _Close) -> _Outcome:
+        """Delete the uploaded file and ack its row, returning None; or, if the file
+        changed meanwhile, neither, returning its new stat; or, if it could not be
+        deleted, the error, leaving its row to the caller."""
+        self._closes.append(close)
+        return (await self._next_flush()).get(close.id)
+
+    async def _next_flush(self) -> dict[int, _Outcome]:
         if self._flushed is None:
             self._flushed = asyncio.get_running_loop().create_future()
-        self._ids.extend(ids)
         flushed = self._flushed
         self._wanted.set()
-        await asyncio.shield(flushed)
+        return await asyncio.shield(flushed)
 
     async def run(self) -> None:
         while True:
             await self._wanted.wait()
+            await asyncio.sleep(ACK_GATHER_S)
             self._wanted.clear()
-            ids, flushed = self._ids, self._flushed
-            self._ids, self._flushed = [], None
+            ids, closes, flushed = self._ids, self._closes, self._flushed
+            self._ids, self._closes, self._flushed = [], [], None
             if flushed is None:
                 continue
             try:
-                await self._outbox.ack(ids)
+                outcomes = await self._outbox.ack_after(
+                    functools.partial(_delete_for_ack, ids, closes)
+                )
             except Exception as exc:
                 flushed.set_exception(exc)
             else:
-                flushed.set_result(None)
+                flushed.set_result(outcomes)
 
 
 class Uploader:
     """Uploads everything the outbox holds through ``transport``, until cancelled.
 
     ``on_file_done(path)`` is called after a source file was uploaded and removed (or
-    kept), so the watcher can forget it. ``throttle(nbytes)`` is awaited before bytes go
+    kept, with ``delete_after_upload: false``), so the watcher can forget it; not for a
+    file that could not be deleted, which stays on disk remembered as synced. ``throttle(nbytes)`` is awaited before bytes go
     out, for a bandwidth cap; ``clock`` gives wall time (the outbox's schedule);
     ``events`` hears of every acknowledged and every failed upload.
     """
@@ -175,6 +217,7 @@ class Uploader:
         self._slots = asyncio.Semaphore(cfg.sync.concurrency)
         self._surplus = 0  # slots to retire after sync.concurrency was lowered
         self._wake = asyncio.Event()
+        self._idle = asyncio.Event()  # nothing in flight and nothing due: see wait_idle
         self._files_first = True
         self._claimed_files: deque[ClaimedFile] = deque()
         self._acks = _GroupAcks(outbox)
@@ -187,7 +230,13 @@ class Uploader:
 
     def wake(self) -> None:
         """New work may be due (the watcher enqueued something)."""
+        self._idle.clear()
         self._wake.set()
+
+    async def wait_idle(self) -> None:
+        """Return once nothing is in flight and the outbox had nothing due at the last
+        look (items waiting out a backoff may remain)."""
+        await self._idle.wait()
 
     @property
     def busy(self) -> bool:
@@ -223,6 +272,9 @@ class Uploader:
                 if self._surplus > 0:  # sync.concurrency was lowered: retire this slot
                     self._surplus -= 1
                     continue
+                # From here on a wake() is kept for _sleep_until_due, also one that comes
+                # while the outbox is being asked.
+                self._wake.clear()
                 try:
                     if self._unrecorded:
                         await self._put_back_unrecorded()
@@ -234,8 +286,11 @@ class Uploader:
                 self._outbox_retry_s = 0.0
                 if work is None:
                     self._slots.release()
+                    if self._active == 0:
+                        self._idle.set()
                     await self._sleep_until_due()
                     continue
+                self._idle.clear()
                 self._active += 1
                 tasks.create_task(self._run_unit(work))
 
@@ -264,7 +319,6 @@ class Uploader:
     async def _sleep_until_due(self) -> None:
         due = None if self._paused else await self.outbox.next_due_at()
         timeout = None if due is None else max(0.0, due - self.clock()) + 0.01
-        self._wake.clear()
         try:
             async with asyncio.timeout(timeout):
                 await self._wake.wait()
@@ -533,7 +587,7 @@ class Uploader:
             if source.reader is not None:
                 source.reader.close()
         slot.release()
-        await self._finish_file(item, nbytes, time.monotonic() - started)
+        await self._finish_file(item, source.sidecar, nbytes, time.monotonic() - started)
 
     async def _requeue_changed(self, item: ClaimedFile, st: os.stat_result) -> None:
         """The file is not what was queued: queue it again as it is now."""
@@ -545,33 +599,46 @@ class Uploader:
             [FileItem(item.path, item.kind, st.st_size, st.st_mtime_ns, dict(item.meta))]
         )
 
-    async def _finish_file(self, item: ClaimedFile, nbytes: int, elapsed: float) -> None:
-        delete = self.cfg.sync.delete_after_upload or item.kind == "prog"
-        changed = await _blocking_io(
-            item.size <= INLINE_BYTES,
-            _close_source,
-            item.path,
-            item.size,
-            item.mtime_ns,
-            delete,
-        )
-        if changed is not None:
-            # Never acknowledge new content as uploaded: send it again.
-            await self._requeue_changed(item, changed)
-            return
-        if delete:
-            await self._acks.ack([item.id])
+    async def _finish_file(
+        self, item: ClaimedFile, sidecar: bool, nbytes: int, elapsed: float
+    ) -> None:
+        kept = False
+        if self.cfg.sync.delete_after_upload or item.kind == "prog":
+            close = _Close(item.id, item.path, item.size, item.mtime_ns, sidecar)
+            outcome = await self._acks.delete_and_ack(close)
+            if isinstance(outcome, OSError):
+                # Uploaded, and the server has it: keep the file, remembered as synced, so
+                # it neither blocks the queue nor goes again (unless it changes).
+                log.warning(
+                    "uploaded %s but cannot delete it (%s); it stays on disk and goes "
+                    "again only if it changes",
+                    item.path,
+                    outcome.strerror or outcome,
+                    extra={"repeat_key": f"cannot delete: {outcome.strerror}"},
+                )
+                await self.outbox.ack_file_keep(item.id, item.path, item.size, item.mtime_ns)
+                outcome, kept = None, True
         else:
-            await self.outbox.ack_file_keep(item.id, item.path, item.size, item.mtime_ns)
+            outcome = await _blocking_io(
+                item.size <= INLINE_BYTES, _changed_since, item.path, item.size, item.mtime_ns
+            )
+            if outcome is None:
+                await self.outbox.ack_file_keep(item.id, item.path, item.size, item.mtime_ns)
+        if outcome is not None:
+            # Never acknowledge new content as uploaded: send it again.
+            await self._requeue_changed(item, outcome)
+            return
         self.stats.count_file(nbytes if item.kind == "file" else 0)
         if item.kind == "file":
             self._uploaded("file", 1, nbytes, time.monotonic() - elapsed)
-        self._on_file_done(item.path)
+        if not kept:
+            self._on_file_done(item.path)
         if item.kind == "file":
             # Arbitrary files (logs, bags, videos) are few and an operator looks for them;
             # capture files come every few seconds and show in the summary instead.
-            rate = nbytes / elapsed / 1e6 if elapsed > 0 else 0.0
-            log.info("uploaded %s (%s, %.1f MB/s)", item.path, human_bytes(nbytes), rate)
+            if log.isEnabledFor(logging.INFO):
+                rate = nbytes / elapsed / 1e6 if elapsed > 0 else 0.0
+                log.info("uploaded %s (%s, %.1f MB/s)", item.path, human_bytes(nbytes), rate)
         else:
             log.debug("uploaded %s (%s)", item.path, human_bytes(item.size))
 
@@ -734,28 +801,38 @@ class Uploader:
 
 @dataclass
 class _Source:
-    """What one trip to a worker thread learned about a queued file before its upload."""
+    """What one look at a queued file learned before its upload."""
 
     st: os.stat_result
     origin: ds.UploadMetadata | None  # what a receiver recorded, when forwarding its store
+    sidecar: bool  # a receiver's sidecar lies beside it (deleted with it)
     content: bytes | None = None  # the whole of a small arbitrary file
     reader: CaptureReader | None = None  # an open capture file
 
 
 def _open_source(path: str, kind: str, small_bytes: int) -> _Source:
-    """Stat, look for a receiver's sidecar, and read or open the file: one thread hop.
-    FileNotFoundError passes through; other local I/O errors become SourceError, so they
-    are never mistaken for the network's."""
+    """Stat, look for a receiver's sidecar, and read or open the file: at most one thread
+    hop, and few system calls (this runs for every small file). FileNotFoundError passes
+    through; other local I/O errors become SourceError, so they are never mistaken for
+    the network's."""
     with _local_io(path):
-        st = os.stat(path)
-        source = _Source(st, forwarded_metadata(path))
+        sidecar = read_sidecar(path)
+        origin = None if not sidecar else forwarded_metadata(sidecar)
         if kind != "file":
+            st = os.stat(path)
+            source = _Source(st, origin, sidecar is not None)
             source.reader = CaptureReader(path)
-        elif st.st_size <= small_bytes:
-            with open(path, "rb") as f:
-                source.content = f.read(small_bytes + 1)
-            if len(source.content) != st.st_size:
-                raise SourceError(f"{path}: changed while being read")
+            return source
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            source = _Source(st, origin, sidecar is not None)
+            if st.st_size <= small_bytes:
+                source.content = read_fd(fd, small_bytes + 1)
+                if len(source.content) != st.st_size:
+                    raise SourceError(f"{path}: changed while being read")
+        finally:
+            os.close(fd)
     return source
 
 
@@ -807,20 +884,45 @@ def _local_io(path: str) -> Iterator[None]:
         raise SourceError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
-def _close_source(path: str, size: int, mtime_ns: int, delete: bool) -> os.stat_result | None:
-    """After the server's ack: the file's new stat if it changed meanwhile, else None,
-    having deleted it (and a receiver's sidecar beside it) when asked to."""
+def _changed_since(path: str, size: int, mtime_ns: int) -> os.stat_result | None:
+    """After the server's ack: the file's new stat if it changed meanwhile, else None
+    (also when it is gone: it was removed after we read all of it)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        return None  # removed after we read all of it: what we sent is what it held
-    if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
-        return st
-    if delete:
-        for victim in (path, sidecar_file(path)):
+        return None
+    return st if (st.st_size, st.st_mtime_ns) != (size, mtime_ns) else None
+
+
+def _delete_files(closes: list[_Close]) -> dict[int, _Outcome]:
+    """Delete each uploaded file (and a receiver's sidecar beside it) unless it changed
+    since it was read. Returns, by id, the new stat of each changed file and the error
+    of each that could not be looked at or deleted; the others are gone."""
+    outcomes: dict[int, _Outcome] = {}
+    for close in closes:
+        try:
+            changed = _changed_since(close.path, close.size, close.mtime_ns)
+            if changed is not None:
+                outcomes[close.id] = changed
+                continue
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(victim)
-    return None
+                os.unlink(close.path)
+        except OSError as exc:
+            outcomes[close.id] = exc
+            continue
+        if close.sidecar:
+            # The data is gone; a sidecar left behind is hidden, and a receiver's own
+            # cleanup removes it.
+            with contextlib.suppress(OSError):
+                os.unlink(sidecar_file(close.path))
+    return outcomes
+
+
+def _delete_for_ack(ids: list[int], closes: list[_Close]) -> tuple[list[int], dict[int, _Outcome]]:
+    """The deletes of one flush, and the ids to ack with them: the readings' and those of
+    the files now gone."""
+    outcomes = _delete_files(closes)
+    return ids + [c.id for c in closes if c.id not in outcomes], outcomes
 
 
 def _stream_name(reading: ClaimedReading) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -243,3 +245,49 @@ async def test_orphaned_prog_file_is_recovered(tmp_path):
 def test_write_config_helper_is_sane(tmp_path, limit):
     cfg = load_config(write_config(tmp_path, 1234, concurrency=limit))
     assert cfg.sync.concurrency == limit and cfg.cloud.port == 1234
+
+
+@contextlib.contextmanager
+def undeletable(folder: Path):
+    """Files in ``folder`` can be read but not deleted: a read-only bind mount as root
+    (who may delete anything else), no write permission otherwise."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    for step in (["mount", "--bind", folder, folder], ["mount", "-o", "remount,bind,ro", folder]):
+        result = subprocess.run(step, capture_output=True, text=True)
+        if result.returncode != 0:
+            subprocess.run(["umount", "-l", folder], check=False)
+            pytest.skip(f"cannot make a read-only bind mount here: {result.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", folder], check=False)
+
+
+async def test_a_file_that_cannot_be_deleted_is_kept_and_not_sent_again(tmp_path, caplog):
+    async with RecordingServer() as server:
+        config = write_config(tmp_path, server.port)
+        capture = tmp_path / "capture"
+        stuck = capture / "readonly"
+        stuck.mkdir()
+        (stuck / "stuck.txt").write_text("stays")
+        (capture / "free.txt").write_text("goes")
+        with undeletable(stuck):
+            assert await sync_once(config) == 0
+            assert await sync_once(config) == 0
+            assert (stuck / "stuck.txt").read_text() == "stays"
+    names = sorted(Path(u.metadata.file_name).name for u in server.uploads)
+    assert names == ["free.txt", "stuck.txt"]
+    assert not (capture / "free.txt").exists()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert [w for w in warnings if "cannot delete" in w] == [
+        f"uploaded {stuck / 'stuck.txt'} but cannot delete it "
+        f"({'Read-only file system' if os.geteuid() == 0 else 'Permission denied'}); "
+        "it stays on disk and goes again only if it changes"
+    ]
+    assert not [w for w in warnings if "connectivity" in w]
