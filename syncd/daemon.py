@@ -461,10 +461,11 @@ async def _run_once(
             await watcher.scan_once(wait_quiet=True)
             uploader.wake()
             while True:
+                await uploader.wait_idle()
                 counts = await outbox.counts()
                 if counts.pending + counts.inflight == 0 and not uploader.busy:
                     break
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1)  # retries waiting out their backoff
     except TimeoutError:
         counts = await outbox.counts()
         left = counts.pending + counts.inflight  # an upload stuck in flight is not done

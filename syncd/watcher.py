@@ -413,9 +413,9 @@ class Watcher:
                 self._recorded[f.path] = (f.size, f.mtime_ns)
                 self._warned.discard(f.path)
                 log.debug("queued %s (%s, %d bytes)", f.path, f.candidate.kind, f.size)
+            if self.on_enqueue is not None:
+                self.on_enqueue()  # uploads start while the next chunks are queued
         self.stats.enqueued += len(ok)
-        if ok and self.on_enqueue is not None:
-            self.on_enqueue()
         return len(ok)
 
     def _warn(self, path: str, message: str, outcome: str = "skipped") -> None:
