@@ -28,14 +28,16 @@ def fsync_dir(path: str | os.PathLike[str], *, strict: bool = True) -> None:
             os.close(fd)
 
 
-def read_fd(fd: int, limit: int = -1) -> bytes:
-    """What is left to read from ``fd``, up to ``limit`` bytes (all when negative)."""
+def read_fd(fd: int, size: int | None = None) -> bytes:
+    """``size`` bytes from ``fd`` (fewer if it ends first), or all that is left when
+    ``size`` is None. With the size known, a whole small file takes one system call."""
     parts = []
-    left = limit
-    while left != 0:
-        part = os.read(fd, left if left > 0 else 1 << 20)
+    left = size
+    while left is None or left > 0:
+        part = os.read(fd, left if left is not None else 1 << 20)
         if not part:
             break
         parts.append(part)
-        left -= len(part) if left > 0 else 0
+        if left is not None:
+            left -= len(part)
     return parts[0] if len(parts) == 1 else b"".join(parts)

@@ -250,10 +250,13 @@ class StoredItem:
 
 def read_sidecar(data_path: str) -> bytes | None:
     """The bytes of ``data_path``'s sidecar; None when it has none, b"" when it has one
-    that cannot be read. The uploader asks this of every file it sends, so it costs one
-    failed open when there is no sidecar."""
+    that cannot be read. The uploader asks this of every file it sends, so when there is
+    no sidecar it costs one access() and no exception."""
+    path = sidecar_file(data_path)
+    if not os.access(path, os.F_OK):
+        return None
     try:
-        fd = os.open(sidecar_file(data_path), os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     except OSError:
