@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import random
@@ -20,10 +21,12 @@ from capture_gen import (
 from recording_server import RecordingServer, Upload
 
 from syncd.capture_file import capture_path
+from syncd.cloud import CloudClient
 from syncd.config import load_config
 from syncd.daemon import run_daemon
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
-from syncd.outbox import Outbox
+from syncd.outbox import AsyncOutbox, FileItem, Outbox
+from syncd.uploader import Uploader
 
 PART = "part-123"
 
@@ -291,3 +294,44 @@ async def test_a_file_that_cannot_be_deleted_is_kept_and_not_sent_again(tmp_path
         "it stays on disk and goes again only if it changes"
     ]
     assert not [w for w in warnings if "connectivity" in w]
+
+
+class _LateWorkOutbox(AsyncOutbox):
+    """An outbox whose first look at what is due next sees nothing, while a file is
+    queued (and the uploader woken) before that answer is back."""
+
+    late: FileItem
+    uploader: Uploader
+
+    async def next_due_at(self) -> float | None:
+        due = await super().next_due_at()
+        if not hasattr(self, "queued"):
+            self.queued = True
+            await self.enqueue_files([self.late])
+            self.uploader.wake()
+        return due
+
+
+async def test_work_queued_while_the_uploader_looks_for_it_is_not_missed(tmp_path):
+    async with RecordingServer() as server:
+        cfg = load_config(write_config(tmp_path, server.port))
+        late = tmp_path / "capture" / "late.txt"
+        late.write_text("late")
+        st = late.stat()
+        outbox = await _LateWorkOutbox.open(cfg.state_dir)
+        client = CloudClient("127.0.0.1", server.port, tls=False)
+        outbox.late = FileItem(str(late), "file", st.st_size, st.st_mtime_ns)
+        outbox.uploader = uploader = Uploader(cfg, outbox, client)
+        running = asyncio.create_task(uploader.run())
+        try:
+            async with asyncio.timeout(10):
+                await uploader.wait_idle()
+                while not server.uploads:
+                    await asyncio.sleep(0.05)
+        finally:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+            await client.close()
+            await outbox.close()
+    assert [Path(u.metadata.file_name).name for u in server.uploads] == ["late.txt"]
