@@ -438,18 +438,26 @@ class Outbox:
     # -- claim --
 
     def claim_files(
-        self, limit: int, lease_s: float, now: float | None = None
+        self,
+        limit: int,
+        lease_s: float,
+        now: float | None = None,
+        max_bytes: int | None = None,
     ) -> list[ClaimedFile]:
-        """Lease up to ``limit`` due pending files, earliest due first (then oldest)."""
+        """Lease up to ``limit`` due pending files, earliest due first (then oldest); with
+        ``max_bytes``, only as many as fit in it, but always the first."""
         now = self._now(now)
         with self._lock, self._write() as db:
             rows = db.execute(
                 # The claim reads the file as it is now: an earlier change mark is moot.
                 "UPDATE files SET state = 1, lease_until = ?, changed = 0 WHERE id IN ("
-                " SELECT id FROM files WHERE state = 0 AND next_attempt_at <= ?"
-                " ORDER BY next_attempt_at, id LIMIT ?)"
+                " SELECT id FROM (SELECT id, SUM(size) OVER w AS upto, ROW_NUMBER() OVER w AS n"
+                "  FROM (SELECT id, size, next_attempt_at FROM files"
+                "   WHERE state = 0 AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?)"
+                "  WINDOW w AS (ORDER BY next_attempt_at, id))"
+                " WHERE n = 1 OR upto <= ?)"
                 " RETURNING next_attempt_at, id, path, kind, size, mtime_ns, meta, attempts",
-                (now + lease_s, now, limit),
+                (now + lease_s, now, limit, 1 << 62 if max_bytes is None else max_bytes),
             ).fetchall()
         rows.sort(key=lambda r: (r[0], r[1]))
         return [

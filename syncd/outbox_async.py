@@ -89,10 +89,14 @@ class AsyncOutbox:
         return await self._run(self._core.enqueue_readings, items, now)
 
     async def claim_files(
-        self, limit: int, lease_s: float, now: float | None = None
+        self,
+        limit: int,
+        lease_s: float,
+        now: float | None = None,
+        max_bytes: int | None = None,
     ) -> list[ClaimedFile]:
         """See :meth:`Outbox.claim_files`."""
-        return await self._run(self._core.claim_files, limit, lease_s, now)
+        return await self._run(self._core.claim_files, limit, lease_s, now, max_bytes)
 
     async def claim_readings(
         self, max_count: int, max_bytes: int, lease_s: float, now: float | None = None

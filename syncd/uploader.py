@@ -42,8 +42,11 @@ T = TypeVar("T")
 # Claims are held by this process only (the daemon releases them all at start), so the
 # lease is a backstop for a wedged task, long enough for a slow big upload.
 LEASE_S = 6 * 3600.0
-# Files claimed per outbox transaction; the ones not started yet wait in memory.
+# Files claimed per outbox transaction (the ones not started yet wait in memory): many
+# small ones share a transaction, but no more bytes than this, so that readings (claimed
+# in turn with files) do not wait behind a long queue of large files.
 FILES_PER_CLAIM = 64
+FILES_PER_CLAIM_BYTES = 16 * 1024 * 1024
 # Room left in a request for its metadata when batching readings by bytes.
 METADATA_ALLOWANCE = 64 * 1024
 # How often to look for readings that other processes (robot programs) enqueued.
@@ -310,7 +313,9 @@ class Uploader:
         for files in (self._files_first, not self._files_first):
             if files:
                 # Several at once: one transaction for a handful of small files.
-                claimed = await self.outbox.claim_files(FILES_PER_CLAIM, LEASE_S, now=self.clock())
+                claimed = await self.outbox.claim_files(
+                    FILES_PER_CLAIM, LEASE_S, now=self.clock(), max_bytes=FILES_PER_CLAIM_BYTES
+                )
                 if claimed:
                     self._claimed_files.extend(claimed[1:])
                     return claimed[0]

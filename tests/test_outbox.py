@@ -719,3 +719,12 @@ async def test_async_outbox_as_context_manager(tmp_path):
     with Outbox(tmp_path) as sync:
         assert sync.counts().inflight == 1
         assert sync.is_synced("/x", 1, 1)
+
+
+def test_a_claim_of_files_stops_at_its_byte_budget_but_takes_at_least_one(ob):
+    ob.enqueue_files([fitem(f"/d/{i}", size=size) for i, size in enumerate((60, 30, 20, 5))])
+    assert [f.path for f in ob.claim_files(10, 30, max_bytes=100)] == ["/d/0", "/d/1"]
+    assert [f.path for f in ob.claim_files(10, 30, max_bytes=10)] == ["/d/2"]
+    assert [f.path for f in ob.claim_files(10, 30, max_bytes=10)] == ["/d/3"]
+    ob.enqueue_files([fitem(f"/d/many{i}", size=1) for i in range(5)])
+    assert len(ob.claim_files(3, 30, max_bytes=100)) == 3
