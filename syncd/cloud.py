@@ -129,13 +129,16 @@ class CloudClient:
 
     async def _with_auth(self, call: Callable[[dict[str, str] | None], object]):
         """Run ``call(metadata)``; on UNAUTHENTICATED renew the token once and retry."""
+        if self._key is None:
+            return await call(None)  # type: ignore[misc]
         metadata = await self._metadata()
+        assert metadata is not None
         try:
             return await call(metadata)  # type: ignore[misc]
         except GRPCError as exc:
-            if exc.status is not Status.UNAUTHENTICATED or self._key is None:
+            if exc.status is not Status.UNAUTHENTICATED:
                 raise
-            stale = metadata["authorization"].removeprefix("Bearer ") if metadata else None
+            stale = metadata["authorization"].removeprefix("Bearer ")
             log.info("access token refused by the server; authenticating again")
             metadata = await self._metadata(renew_from=stale)
             return await call(metadata)  # type: ignore[misc]

@@ -118,9 +118,11 @@ def file_metadata(
         dataset_ids=list(dataset_ids),
     )
     # Linux has no portable birth time; the inode change time is its closest bound.
-    created = min(st.st_ctime_ns, st.st_mtime_ns)
-    md.file_create_time.CopyFrom(timestamp_from_ns(created))
-    md.file_modify_time.CopyFrom(timestamp_from_ns(st.st_mtime_ns))
+    # Set in place: this runs for every file, and a Timestamp copied in costs twice as much.
+    created = md.file_create_time
+    created.seconds, created.nanos = divmod(min(st.st_ctime_ns, st.st_mtime_ns), 1_000_000_000)
+    modified = md.file_modify_time
+    modified.seconds, modified.nanos = divmod(st.st_mtime_ns, 1_000_000_000)
     return md
 
 
