@@ -39,6 +39,7 @@ from syncd.outbox_items import (  # noqa: F401  (the outbox's public types live 
     ClaimedReading,
     FailedItem,
     FileItem,
+    KeptFile,
     LiveFile,
     OutboxCounts,
     Reading,
@@ -60,6 +61,7 @@ __all__ = [
     "ClaimedReading",
     "FailedItem",
     "FileItem",
+    "KeptFile",
     "LiveFile",
     "Outbox",
     "OutboxCounts",
@@ -518,15 +520,25 @@ class Outbox:
 
     # -- outcomes --
 
-    def ack(self, ids: Sequence[int], now: float | None = None) -> None:
-        """Delivered: delete the rows (a file that changed during its upload is queued again)."""
-        if not ids:
+    def ack(
+        self, ids: Sequence[int], now: float | None = None, kept: Sequence[KeptFile] = ()
+    ) -> None:
+        """Delivered: delete the rows (a file that changed during its upload is queued
+        again). ``kept`` are files delivered and kept on disk: their rows go too, and in
+        the same transaction the version uploaded is remembered as synced, so it is never
+        uploaded again."""
+        if not ids and not kept:
             return
-        id_list, now = _id_list(ids), self._now(now)
+        id_list, now = _id_list([*ids, *(k.id for k in kept)]), self._now(now)
         with self._lock, self._write() as db:
             self._delete_readings(db, id_list)
             db.execute(f"DELETE FROM dead_readings WHERE id IN {_IDS}", (id_list,))
             self._ack_files(db, id_list, now)
+            db.executemany(
+                "INSERT OR REPLACE INTO synced_files (path, size, mtime_ns, synced_at)"
+                " VALUES (?, ?, ?, ?)",
+                [(str(k.path), k.size, k.mtime_ns, now) for k in kept],
+            )
 
     @staticmethod
     def _ack_files(db: sqlite3.Connection, id_list: str, now: float) -> None:
@@ -540,16 +552,8 @@ class Outbox:
     def ack_file_keep(
         self, id: int, path: str, size: int, mtime_ns: int, now: float | None = None
     ) -> None:
-        """Delivered, file kept on disk: delete the row and remember (path, size, mtime_ns)
-        as synced in the same transaction, so that version is never uploaded again."""
-        now = self._now(now)
-        with self._lock, self._write() as db:
-            self._ack_files(db, _id_list([id]), now)
-            db.execute(
-                "INSERT OR REPLACE INTO synced_files (path, size, mtime_ns, synced_at)"
-                " VALUES (?, ?, ?, ?)",
-                (str(path), size, mtime_ns, now),
-            )
+        """:meth:`ack` of one file kept on disk."""
+        self.ack((), now, kept=[KeptFile(id, path, size, mtime_ns)])
 
     def nack(self, ids: Sequence[int], error: str, next_attempt_at: float) -> None:
         """Failed, will retry: pending again from ``next_attempt_at``, attempts + 1

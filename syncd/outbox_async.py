@@ -23,6 +23,7 @@ from syncd.outbox import (
     ClaimedReading,
     FailedItem,
     FileItem,
+    KeptFile,
     LiveFile,
     Outbox,
     OutboxCounts,
@@ -108,14 +109,14 @@ class AsyncOutbox:
         """See :meth:`Outbox.ack`."""
         await self._run(self._core.ack, ids, now)
 
-    async def ack_after(self, work: Callable[[], tuple[Sequence[int], T]]) -> T:
-        """Run ``work`` on the outbox's thread, then ack the ids it returns: one trip to
-        the thread for what must happen just before an ack (deleting uploaded files).
-        Returns what ``work`` returned beside the ids."""
+    async def ack_after(self, work: Callable[[], tuple[Sequence[int], Sequence[KeptFile], T]]) -> T:
+        """Run ``work`` on the outbox's thread, then ack the ids and kept files it returns
+        (see :meth:`Outbox.ack`): one trip to the thread for what must happen just before
+        an ack (deleting uploaded files). Returns what ``work`` returned beside them."""
 
         def work_then_ack() -> T:
-            ids, result = work()
-            self._core.ack(ids)
+            ids, kept, result = work()
+            self._core.ack(ids, kept=kept)
             return result
 
         return await self._run(work_then_ack)

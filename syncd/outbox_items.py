@@ -211,6 +211,15 @@ class FailedItem:
     failed_at: float
 
 
+class KeptFile(NamedTuple):
+    """A file uploaded and kept on disk: this version of it counts as synced."""
+
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+
+
 class LiveFile(NamedTuple):
     """A file row as the startup reconcile sees it; ``state`` is pending|inflight|failed."""
 

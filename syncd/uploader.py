@@ -32,7 +32,7 @@ from syncd.errors import CaptureFileError, OutboxError, SourceError
 from syncd.fsutil import read_fd
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
 from syncd.logs import human_bytes
-from syncd.outbox import AsyncOutbox, ClaimedFile, ClaimedReading, FileItem
+from syncd.outbox import AsyncOutbox, ClaimedFile, ClaimedReading, FileItem, KeptFile
 from syncd.retry import Connectivity, Verdict, backoff_delay, classify, describe
 from syncd.sink_store_items import forwarded_metadata, read_sidecar, sidecar_file
 
@@ -120,30 +120,33 @@ class _Slot:
             free()
 
 
-# What became of a file to delete after its upload: None (deleted), its new stat (it
-# changed since it was read: kept), or why it could not be looked at or deleted.
+# What became of an uploaded file: None (deleted, or kept as synced), its new stat (it
+# changed since it was read: left as it is), or why it could not be deleted.
 _Outcome = os.stat_result | OSError | None
 
 
 @dataclass(frozen=True)
 class _Close:
-    """A file to delete after its upload, unless it changed since it was read."""
+    """A file to close after its upload, unless it changed since it was read: deleted,
+    with a receiver's sidecar beside it, or with ``keep``, left on disk as synced."""
 
     id: int
     path: str
     size: int
     mtime_ns: int
     sidecar: bool
+    keep: bool = False
 
 
 class _GroupAcks:
     """Acknowledgements of concurrent uploads share one outbox transaction (group
     commit): an ack joins the next flush and returns once that flush is committed. Files
-    to delete join it too and are deleted just before the commit, so a crash in between
+    to close join it too and are deleted just before the commit, so a crash in between
     leaves a row whose file is gone (dropped at the next claim), never a file whose row
-    is gone (which would upload twice). Small files are deleted on the event loop, which
-    costs less than waking a thread (see ``INLINE_DELETE_BYTES``); large ones, whose
-    blocks take a while to free, on the outbox's thread in the same trip as the commit. A flush waits
+    is gone (which would upload twice); files kept on disk are remembered as synced in
+    the commit. Small files are closed on the event loop, which costs less than waking a
+    thread (see ``INLINE_DELETE_BYTES``); large ones, whose blocks take a while to free,
+    on the outbox's thread in the same trip as the commit. A flush waits
     ``ACK_GATHER_S`` for company: each trip to that thread wakes it and the event loop,
     which costs a small file's upload more than its own ack."""
 
@@ -158,9 +161,9 @@ class _GroupAcks:
         self._ids.extend(ids)
         await self._next_flush()
 
-    async def delete_and_ack(self, close: _Close) -> _Outcome:
-        """Delete the uploaded file and ack its row, returning None; or, if the file
-        changed meanwhile, neither, returning its new stat; or, if it could not be
+    async def close_and_ack(self, close: _Close) -> _Outcome:
+        """Delete (or keep) the uploaded file and ack its row, returning None; or, if the
+        file changed meanwhile, neither, returning its new stat; or, if it could not be
         deleted, the error, leaving its row to the caller."""
         self._closes.append(close)
         return (await self._next_flush()).get(close.id)
@@ -184,9 +187,9 @@ class _GroupAcks:
             small = [c for c in closes if c.size <= INLINE_DELETE_BYTES]
             large = [c for c in closes if c.size > INLINE_DELETE_BYTES]
             try:
-                ids, outcomes = _delete_for_ack(ids, small)
-                outcomes |= await self._outbox.ack_after(
-                    functools.partial(_delete_for_ack, ids, large)
+                closed, kept, outcomes = _close_files(small)
+                outcomes = await self._outbox.ack_after(
+                    functools.partial(_close_more, (ids + closed, kept, outcomes), large)
                 )
             except Exception as exc:
                 flushed.set_exception(exc)
@@ -616,28 +619,22 @@ class Uploader:
     async def _finish_file(
         self, item: ClaimedFile, sidecar: bool, nbytes: int, elapsed: float
     ) -> None:
-        kept = False
-        if self.cfg.sync.delete_after_upload or item.kind == "prog":
-            close = _Close(item.id, item.path, item.size, item.mtime_ns, sidecar)
-            outcome = await self._acks.delete_and_ack(close)
-            if isinstance(outcome, OSError):
-                # Uploaded, and the server has it: keep the file, remembered as synced, so
-                # it neither blocks the queue nor goes again (unless it changes).
-                log.warning(
-                    "uploaded %s but cannot delete it (%s); it stays on disk and goes "
-                    "again only if it changes",
-                    item.path,
-                    outcome.strerror or outcome,
-                    extra={"repeat_key": f"cannot delete: {outcome.strerror}"},
-                )
-                await self.outbox.ack_file_keep(item.id, item.path, item.size, item.mtime_ns)
-                outcome, kept = None, True
-        else:
-            outcome = await _blocking_io(
-                item.size <= INLINE_BYTES, _changed_since, item.path, item.size, item.mtime_ns
+        keep = not self.cfg.sync.delete_after_upload and item.kind != "prog"
+        close = _Close(item.id, item.path, item.size, item.mtime_ns, sidecar, keep)
+        outcome = await self._acks.close_and_ack(close)
+        undeletable = False
+        if isinstance(outcome, OSError):
+            # Uploaded, and the server has it: keep the file, remembered as synced, so
+            # it neither blocks the queue nor goes again (unless it changes).
+            log.warning(
+                "uploaded %s but cannot delete it (%s); it stays on disk and goes "
+                "again only if it changes",
+                item.path,
+                outcome.strerror or outcome,
+                extra={"repeat_key": f"cannot delete: {outcome.strerror}"},
             )
-            if outcome is None:
-                await self.outbox.ack_file_keep(item.id, item.path, item.size, item.mtime_ns)
+            await self.outbox.ack_file_keep(item.id, item.path, item.size, item.mtime_ns)
+            outcome, undeletable = None, True
         if outcome is not None:
             # Never acknowledge new content as uploaded: send it again.
             await self._requeue_changed(item, outcome)
@@ -645,7 +642,7 @@ class Uploader:
         self.stats.count_file(nbytes if item.kind == "file" else 0)
         if item.kind == "file":
             self._uploaded("file", 1, nbytes, time.monotonic() - elapsed)
-        if not kept:
+        if not undeletable:
             self._on_file_done(item.path)
         if item.kind == "file":
             # Arbitrary files (logs, bags, videos) are few and an operator looks for them;
@@ -909,35 +906,44 @@ def _changed_since(path: str, size: int, mtime_ns: int) -> os.stat_result | None
     return st if (st.st_size, st.st_mtime_ns) != (size, mtime_ns) else None
 
 
-def _delete_files(closes: list[_Close]) -> dict[int, _Outcome]:
-    """Delete each uploaded file (and a receiver's sidecar beside it) unless it changed
-    since it was read. Returns, by id, the new stat of each changed file and the error
-    of each that could not be looked at or deleted; the others are gone."""
+def _close_files(closes: list[_Close]) -> tuple[list[int], list[KeptFile], dict[int, _Outcome]]:
+    """Close each uploaded file (see :class:`_Close`) unless it changed since it was read.
+    Returns the ids of the files deleted, the files kept, and, by id, the new stat of
+    each changed file and the error of each that could not be deleted."""
+    deleted: list[int] = []
+    kept: list[KeptFile] = []
     outcomes: dict[int, _Outcome] = {}
     for close in closes:
         try:
             changed = _changed_since(close.path, close.size, close.mtime_ns)
-            if changed is not None:
-                outcomes[close.id] = changed
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(close.path)
+            if changed is None and not close.keep:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(close.path)
         except OSError as exc:
-            outcomes[close.id] = exc
-            continue
-        if close.sidecar:
-            # The data is gone; a sidecar left behind is hidden, and a receiver's own
-            # cleanup removes it.
-            with contextlib.suppress(OSError):
-                os.unlink(sidecar_file(close.path))
-    return outcomes
+            if not close.keep:
+                outcomes[close.id] = exc
+                continue
+            changed = None  # kept, and cannot be looked at now: it went as it was read
+        if changed is not None:
+            outcomes[close.id] = changed
+        elif close.keep:
+            kept.append(KeptFile(close.id, close.path, close.size, close.mtime_ns))
+        else:
+            deleted.append(close.id)
+            if close.sidecar:
+                # The data is gone; a sidecar left behind is hidden, and a receiver's own
+                # cleanup removes it.
+                with contextlib.suppress(OSError):
+                    os.unlink(sidecar_file(close.path))
+    return deleted, kept, outcomes
 
 
-def _delete_for_ack(ids: list[int], closes: list[_Close]) -> tuple[list[int], dict[int, _Outcome]]:
-    """The deletes of one flush, and the ids to ack with them: the readings' and those of
-    the files now gone."""
-    outcomes = _delete_files(closes)
-    return ids + [c.id for c in closes if c.id not in outcomes], outcomes
+def _close_more(
+    done: tuple[list[int], list[KeptFile], dict[int, _Outcome]], closes: list[_Close]
+) -> tuple[list[int], list[KeptFile], dict[int, _Outcome]]:
+    """``done`` (the ids to ack, the files kept, the outcomes) with ``closes`` closed too."""
+    closed, kept, outcomes = _close_files(closes)
+    return done[0] + closed, done[1] + kept, done[2] | outcomes
 
 
 def _stream_name(reading: ClaimedReading) -> str:

@@ -20,6 +20,7 @@ from syncd.errors import OutboxError
 from syncd.outbox import (
     ClaimedReading,
     FileItem,
+    KeptFile,
     LiveFile,
     Outbox,
     OutboxCounts,
@@ -455,6 +456,17 @@ def test_ack_deletes_and_late_acks_are_harmless(ob):
     ob.ack(claimed)
     [r] = ob.claim_readings(10, 1 << 20, 30)
     assert r.id == 4
+
+
+def test_one_ack_takes_readings_deleted_files_and_kept_files_together(ob):
+    ob.enqueue_readings([tab(1)])
+    ob.enqueue_files([fitem("/d/gone"), fitem("/d/kept", size=5, mtime_ns=7)])
+    [r] = ob.claim_readings(10, 1 << 20, 30)
+    gone, kept = sorted(ob.claim_files(10, 30), key=lambda f: f.path)
+    ob.ack([r.id, gone.id], kept=[KeptFile(kept.id, kept.path, kept.size, kept.mtime_ns)])
+    assert ob.counts() == OutboxCounts.zero()
+    assert ob.synced_stats() == {"/d/kept": (5, 7)}
+    assert ob.enqueue_files([fitem("/d/kept", size=5, mtime_ns=7)]) == 0
 
 
 def test_a_late_ack_also_clears_a_dead_letter(ob):

@@ -210,11 +210,18 @@ async def test_rejected_item_becomes_a_dead_letter(tmp_path, capsys):
 async def test_keeping_files_uploads_them_once(tmp_path):
     async with RecordingServer() as server:
         config = write_config(tmp_path, server.port, delete_after_upload="false")
-        (tmp_path / "capture" / "keep.txt").write_text("keep me")
+        capture = tmp_path / "capture"
+        (capture / "keep.txt").write_text("keep me")
+        big = os.urandom(200_000)  # closed on another thread than small files
+        (capture / "big.bin").write_bytes(big)
         assert await sync_once(config) == 0
         assert await sync_once(config) == 0
-    assert len(server.uploads) == 1
-    assert (tmp_path / "capture" / "keep.txt").read_text() == "keep me"
+    assert sorted(Path(u.metadata.file_name).name for u in server.uploads) == [
+        "big.bin",
+        "keep.txt",
+    ]
+    assert (capture / "keep.txt").read_text() == "keep me"
+    assert (capture / "big.bin").read_bytes() == big
 
 
 async def test_once_times_out_when_the_server_is_gone(tmp_path):
