@@ -23,13 +23,14 @@ from grpclib.const import Status
 from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import GRPCError
 
+from syncd import mapping
 from syncd.gen.app.datasync.v1 import data_sync_grpc
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
 from syncd.gen.proto.rpc.v1 import auth_grpc, auth_pb2
 
 log = logging.getLogger("syncd.cloud")
 
-ChunkSource = Callable[[], AsyncIterator[bytes]]
+ChunkSource = Callable[[], AsyncIterator[bytes | memoryview]]
 """Makes a fresh iterator over an upload's bytes, so a retried call can start over."""
 
 
@@ -155,12 +156,10 @@ class CloudClient:
 
     async def file_upload(self, metadata: ds.UploadMetadata, chunks: ChunkSource) -> str:
         first = ds.FileUploadRequest(metadata=metadata)
-
-        def wrap(chunk: bytes) -> ds.FileUploadRequest:
-            return ds.FileUploadRequest(file_contents=ds.FileData(data=chunk))
-
         response = await self._with_auth(
-            lambda md: self._stream(self._sync.FileUpload, md, first, chunks, wrap)
+            lambda md: self._stream(
+                self._sync.FileUpload, md, first, chunks, mapping.file_chunk_request
+            )
         )
         return response.binary_data_id or response.file_id
 
@@ -168,12 +167,14 @@ class CloudClient:
         self, metadata: ds.DataCaptureUploadMetadata, chunks: ChunkSource
     ) -> str:
         first = ds.StreamingDataCaptureUploadRequest(metadata=metadata)
-
-        def wrap(chunk: bytes) -> ds.StreamingDataCaptureUploadRequest:
-            return ds.StreamingDataCaptureUploadRequest(data=chunk)
-
         response = await self._with_auth(
-            lambda md: self._stream(self._sync.StreamingDataCaptureUpload, md, first, chunks, wrap)
+            lambda md: self._stream(
+                self._sync.StreamingDataCaptureUpload,
+                md,
+                first,
+                chunks,
+                mapping.streaming_chunk_request,
+            )
         )
         return response.binary_data_id or response.file_id
 

@@ -188,6 +188,21 @@ def encode_request(metadata: bytes, delimited_readings: Sequence[bytes | memoryv
     return head + b"\x12" + b"\x12".join(delimited_readings)
 
 
+def file_chunk_request(chunk: bytes | memoryview) -> bytes:
+    """A serialized FileUploadRequest carrying ``chunk`` (file_contents = 2, its data = 1):
+    framed here, the chunk is copied once, where building the message copies it twice."""
+    if not chunk:
+        return b"\x12\x00"  # proto3 leaves an empty data field out
+    data_head = encode_uvarint(len(chunk))
+    inner_len = 1 + len(data_head) + len(chunk)
+    return b"".join((b"\x12", encode_uvarint(inner_len), b"\x0a", data_head, chunk))
+
+
+def streaming_chunk_request(chunk: bytes | memoryview) -> bytes:
+    """A serialized StreamingDataCaptureUploadRequest carrying ``chunk`` (data = 2)."""
+    return b"".join((b"\x12", encode_uvarint(len(chunk)), chunk))
+
+
 def _varint_len(n: int) -> int:
     return max(1, (n.bit_length() + 6) // 7)
 

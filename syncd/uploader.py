@@ -567,10 +567,10 @@ class Uploader:
         header = ds.DataCaptureUploadMetadata(upload_metadata=md, sensor_metadata=sensor.metadata)
         chunk = self.cfg.sync.chunk_bytes
 
-        async def chunks() -> AsyncIterator[bytes]:
+        async def chunks() -> AsyncIterator[bytes | memoryview]:
             view = memoryview(payload)
             for start in range(0, len(view), chunk):
-                yield bytes(view[start : start + chunk])
+                yield view[start : start + chunk]
 
         await self._call(lambda: self.transport.streaming_upload(header, chunks))
 
@@ -655,14 +655,14 @@ class Uploader:
 
     def _file_chunks(
         self, path: str, size: int, offset: int = 0
-    ) -> Callable[[], AsyncIterator[bytes]]:
+    ) -> Callable[[], AsyncIterator[bytes | memoryview]]:
         """A re-startable reader of ``size`` bytes of ``path`` from ``offset``, in chunks,
         reporting progress of long uploads."""
         chunk = self.cfg.sync.chunk_bytes
         # Disk reads happen off the event loop, a block of several chunks per hop.
         block = max(chunk, READ_BLOCK_BYTES // chunk * chunk)
 
-        async def chunks() -> AsyncIterator[bytes]:
+        async def chunks() -> AsyncIterator[bytes | memoryview]:
             started = last_log = time.monotonic()
             sent = 0
             try:
@@ -682,7 +682,7 @@ class Uploader:
                     for start in range(0, len(data), chunk):
                         piece = view[start : start + chunk]
                         await self._spend(len(piece))
-                        yield piece.tobytes() if len(data) > chunk else data
+                        yield piece
                     sent += len(data)
                     now = time.monotonic()
                     if now - last_log >= PROGRESS_LOG_S:

@@ -10,6 +10,7 @@ import struct
 
 from google.protobuf import any_pb2, struct_pb2, timestamp_pb2
 
+from syncd import mapping
 from syncd.gen.app.data.v1 import data_pb2
 from syncd.gen.app.datasync.v1 import data_sync_grpc
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
@@ -137,6 +138,17 @@ def test_file_upload_request_metadata_then_contents():
     _check(ds.FileUploadRequest(metadata=_upload_metadata()), _ld(0x0A, UPLOAD_METADATA_BYTES))
     chunk = ds.FileUploadRequest(file_contents=ds.FileData(data=b"abc"))
     _check(chunk, _ld(0x12, _ld(0x0A, b"abc")))
+
+
+def test_chunk_requests_framed_by_hand_are_what_protobuf_makes():
+    # Sizes around each varint length boundary, an empty chunk, and a memoryview.
+    for size in (0, 1, 126, 127, 128, 16_381, 16_382, 16_383, 16_384, 65_536, 2_097_152):
+        data = bytes(i % 251 for i in range(size))
+        for chunk in (data, memoryview(data)):
+            file_request = ds.FileUploadRequest(file_contents=ds.FileData(data=data))
+            assert mapping.file_chunk_request(chunk) == file_request.SerializeToString()
+            streaming = ds.StreamingDataCaptureUploadRequest(data=data)
+            assert mapping.streaming_chunk_request(chunk) == streaming.SerializeToString()
 
 
 def test_streaming_and_unary_requests():
