@@ -19,6 +19,10 @@ class CaptureFileError(SyncdError):
     """A capture file cannot be read at all (missing or corrupt header)."""
 
 
+class CaptureHeaderCutError(CaptureFileError):
+    """The file ends before its header does: its writer stopped before writing it."""
+
+
 class OutboxError(SyncdError):
     """The outbox database cannot be opened or written."""
 

@@ -13,7 +13,8 @@ Skipped silently:
   final name by a rename, which is what we wait for;
 - folders named ``failed`` (files set aside), at any depth;
 - the state dir (the outbox, the receiver's store) when it lies inside a sync folder;
-- empty files, until they grow (Viam skips them too).
+- empty files, until they grow (Viam skips them too); but not an empty ``.prog``,
+  which becomes an orphan like any other once its writer is gone (and is then removed).
 
 Skipped with one warning per path (the user can fix these): names that are not UTF-8
 (the outbox stores text), files that cannot be stat'ed or opened, broken or looping
@@ -362,10 +363,11 @@ def walk(layout: Layout, root: str, known: Mapping[str, tuple[int, int]]) -> Wal
                 result.problems.append(Problem(path, "not a regular file"))
                 continue
             result.seen.add(path)
-            if st.st_size == 0:
+            kind = kind_of(name)
+            if st.st_size == 0 and kind != PROG:
                 continue
             if known.get(path) != (st.st_size, st.st_mtime_ns):
-                candidate = Candidate(kind_of(name), tags, datasets)
+                candidate = Candidate(kind, tags, datasets)
                 result.found.append(Found(path, candidate, st.st_size, st.st_mtime_ns))
     return result
 
@@ -373,7 +375,8 @@ def walk(layout: Layout, root: str, known: Mapping[str, tuple[int, int]]) -> Wal
 def probe(layout: Layout, path: str) -> Found | Problem | None:
     """Classify and stat one path (blocking); None when there is nothing to do.
 
-    Nothing to do: not a candidate for a silent reason, vanished, empty, or a folder.
+    Nothing to do: not a candidate for a silent reason, vanished, empty (unless a
+    ``.prog``), or a folder.
     """
     verdict = layout.classify(path)
     if isinstance(verdict, Skip):
@@ -390,7 +393,7 @@ def probe(layout: Layout, path: str) -> Found | Problem | None:
         return None  # a symlinked folder: scans walk it
     if not stat.S_ISREG(st.st_mode):
         return Problem(path, "not a regular file")
-    if st.st_size == 0:
+    if st.st_size == 0 and verdict.kind != PROG:
         return None
     return Found(path, verdict, st.st_size, st.st_mtime_ns)
 

@@ -28,7 +28,7 @@ from syncd import mapping
 from syncd.capture_file import CaptureReader, ReadingRecord
 from syncd.cloud import UploadTransport
 from syncd.config import Config
-from syncd.errors import CaptureFileError, OutboxError, SourceError
+from syncd.errors import CaptureFileError, CaptureHeaderCutError, OutboxError, SourceError
 from syncd.fsutil import read_fd
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
 from syncd.logs import human_bytes
@@ -590,6 +590,16 @@ class Uploader:
             await self.outbox.drop([item.id])
             self._on_file_done(item.path)
             return
+        except CaptureHeaderCutError:
+            if item.kind != "prog":
+                raise
+            # An orphan whose writer died before its header was written (or reached the
+            # disk, in a power cut): no reading to recover, nothing to keep.
+            log.info("%s: orphaned before its header was written; removing it", item.path)
+            await _blocking_io(True, _remove, item.path)
+            await self.outbox.drop([item.id])
+            self._on_file_done(item.path)
+            return
         try:
             st = source.st
             if (st.st_size, st.st_mtime_ns) != (item.size, item.mtime_ns):
@@ -894,6 +904,11 @@ def _local_io(path: str) -> Iterator[None]:
         raise
     except OSError as exc:
         raise SourceError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def _changed_since(path: str, size: int, mtime_ns: int) -> os.stat_result | None:

@@ -24,6 +24,11 @@ Only what is in flight at a kill may repeat, so duplicates are bounded by
 kills x concurrency x the largest unit of work (the readings of one capture file, which
 goes up again whole after an interruption, or one claim of ``batch_max_readings``).
 
+With ``Settings.disk`` (tests/test_power_cut.py), the capture and state dirs live on a
+disk whose power each round cuts, instead of a SIGKILL of `syncd run`; arbitrary files
+are then fsynced by their writer, and what was finished while the power went may arrive
+or not (``uncertain``).
+
 The seed fixes the workload and the kill schedule (process timing still varies).
 """
 
@@ -47,6 +52,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from syncd.capture_file import CaptureWriter, capture_path
+from syncd.fsutil import fsync_dir
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
 from syncd.sink_store_items import iter_store
 
@@ -80,6 +86,10 @@ class Settings:
     concurrency: int = 4
     batch_max_readings: int = 50
     final_timeout_s: float = 180.0
+    prog_recover_age_s: float = 3600.0
+    # A PowerCutDisk (tests/power_cut_disk.py): the capture and state dirs live on it, and
+    # each round ends with its power cut instead of a SIGKILL of `syncd run`.
+    disk: object = None
     log: object = None  # callable(str) for progress lines, or None
 
 
@@ -89,7 +99,9 @@ class Report:
     rounds: int = 0
     daemon_kills: int = 0
     sink_kills: int = 0
+    power_cuts: int = 0
     items: int = 0
+    uncertain: int = 0  # finished while the power went: may or may not have survived
     delivered: int = 0
     lost: int = 0
     duplicates: int = 0
@@ -116,10 +128,10 @@ class Report:
         return [
             f"seed {self.seed} (rerun with {SEED_ENV}={self.seed})",
             f"rounds {self.rounds}, kills {self.kills} (syncd run {self.daemon_kills}, "
-            f"receiver {self.sink_kills}), {self.elapsed_s:.0f} s",
+            f"receiver {self.sink_kills}), power cuts {self.power_cuts}, {self.elapsed_s:.0f} s",
             f"items {self.items} ({', '.join(f'{k} {v}' for k, v in sorted(self.by_kind.items()))})"
             f", {self.bytes / 1e6:.1f} MB",
-            f"lost {self.lost}",
+            f"lost {self.lost}" + (f" (uncertain {self.uncertain})" if self.power_cuts else ""),
             f"duplicates {self.duplicates} (bound {self.duplicate_bound}; "
             f"{', '.join(f'{k} {v}' for k, v in sorted(self.duplicates_by_kind.items())) or 'none'})",
             f"phantoms {self.phantoms}, readings with times outside their capture run "
@@ -149,11 +161,16 @@ def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> 
 
 
 class Expected:
-    """Keys of every item produced, thread-safe; cmd readings keep their capture window."""
+    """Keys of every item produced, thread-safe; cmd readings keep their capture window.
+
+    While a power cut is under way, what is finished may or may not have reached the
+    disk: such items go to ``maybe``, allowed to arrive but not required to."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.keys: dict[tuple, str] = {}  # key -> kind
+        self.maybe: dict[tuple, str] = {}
+        self.cutting = False
         self.windows: dict[str, tuple[int, int]] = {}  # cmd reading id -> (start_ns, end_ns)
         self.cmd_values: dict[str, float] = {}
         self.bytes = 0
@@ -161,9 +178,12 @@ class Expected:
 
     def add(self, kind: str, key: tuple, nbytes: int = 0) -> None:
         with self._lock:
-            assert key not in self.keys, f"generator produced {key!r} twice"
-            self.keys[key] = kind
-            self.bytes += nbytes
+            assert key not in self.keys and key not in self.maybe, f"produced {key!r} twice"
+            if self.cutting:
+                self.maybe[key] = kind
+            else:
+                self.keys[key] = kind
+                self.bytes += nbytes
 
     def unit(self, n: int) -> None:
         with self._lock:
@@ -199,6 +219,7 @@ class Generator(threading.Thread):
         self.config = config
         self.expected = expected
         self.stop = threading.Event()
+        self.producing = threading.Lock()  # held while an item is made: holding it pauses
         self.error: BaseException | None = None
         self.counter = 0
         self.clock = datetime(2026, 1, 1, tzinfo=UTC)
@@ -207,14 +228,15 @@ class Generator(threading.Thread):
         try:
             while not self.stop.is_set():
                 choice = self.rng.random()
-                if choice < 0.3:
-                    self.tabular_file()
-                elif choice < 0.5:
-                    self.binary_file()
-                elif choice < 0.8:
-                    self.arbitrary_file()
-                else:
-                    self.capture_command()
+                with self.producing:
+                    if choice < 0.3:
+                        self.tabular_file()
+                    elif choice < 0.5:
+                        self.binary_file()
+                    elif choice < 0.8:
+                        self.arbitrary_file()
+                    else:
+                        self.capture_command()
                 self.stop.wait(self.rng.uniform(*self.s.pace_s))
         except BaseException as exc:  # reported by the main thread
             self.error = exc
@@ -315,7 +337,11 @@ class Generator(threading.Thread):
                 f.write(piece)
                 digest.update(piece)
                 left -= len(piece)
+            if self.s.disk is not None:
+                os.fsync(f.fileno())  # a careful writer: the file survives a power cut
         os.rename(temp, final)
+        if self.s.disk is not None:
+            fsync_dir(folder)
         self.expected.add("file", ("file", str(final), digest.hexdigest()), size)
 
     def capture_command(self) -> None:
@@ -407,8 +433,9 @@ class Chaos:
         self.s = s
         self.rng = random.Random(s.seed ^ 0x5EED)
         w = s.workdir
-        self.capture = w / "capture"
-        self.state = w / "state"
+        on_disk = w if s.disk is None else s.disk.root  # type: ignore[attr-defined]
+        self.capture = on_disk / "capture"
+        self.state = on_disk / "state"
         self.store = w / "store"
         self.logs = w / "logs"
         for d in (self.capture, self.state, self.store, self.logs):
@@ -427,7 +454,7 @@ class Chaos:
             f"  concurrency: {s.concurrency}\n"
             f"  batch_max_readings: {s.batch_max_readings}\n"
             "  file_quiet_period_s: 0.3\n"
-            "  prog_recover_age_s: 3600\n"
+            f"  prog_recover_age_s: {s.prog_recover_age_s}\n"
             "  retry_initial_s: 0.05\n"
             "  retry_max_s: 0.5\n"
             "  scan_interval_s: 2\n"
@@ -567,7 +594,9 @@ class Chaos:
                 delay = round_start + at - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-                if action == "kill daemon":
+                if action == "kill daemon" and s.disk is not None:
+                    self.power_cut(generator)
+                elif action == "kill daemon":
                     self.kill_daemon()
                 elif action == "kill sink":
                     self.kill_sink()
@@ -580,6 +609,29 @@ class Chaos:
                     f"{self.report.sink_kills} receiver kills, "
                     f"{len(self.expected.keys)} items produced"
                 )
+
+    def power_cut(self, generator: Generator) -> None:
+        """Cut the disk's power under `syncd run` and the generator, then reboot: the
+        next round's daemon starts on what the disk kept."""
+        self.expected.cutting = True
+        paused = False
+
+        def stop_programs() -> None:
+            nonlocal paused
+            self.kill_daemon()
+            generator.producing.acquire()  # its item finishes on the lost disk
+            paused = True
+
+        try:
+            self.s.disk.cut(stop_programs)  # type: ignore[attr-defined]
+        finally:
+            if paused:
+                generator.producing.release()
+        # The dirs are there after a reboot only if they had reached the disk.
+        self.capture.mkdir(parents=True, exist_ok=True)
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.expected.cutting = False
+        self.report.power_cuts += 1
 
     # the verdict
 
@@ -623,10 +675,13 @@ class Chaos:
     def _verify(self) -> None:
         r, exp = self.report, self.expected
         r.items = len(exp.keys)
+        r.uncertain = len(exp.maybe)
         r.bytes = exp.bytes
         r.by_kind = dict(collections.Counter(exp.keys.values()))
         seen: collections.Counter[tuple] = collections.Counter()
         for _kind, key, extra in self._delivered():
+            if key in exp.maybe:
+                continue  # finished as the power went: it may or may not have survived
             if key not in exp.keys:
                 r.phantoms += 1
                 if len(r.phantom_examples) < 5:
@@ -655,6 +710,10 @@ class Chaos:
         r.duplicates_by_kind = dict(dup)
         unit = max(exp.max_unit, self.s.batch_max_readings)
         r.duplicate_bound = r.kills * self.s.concurrency * unit
+        if r.power_cuts:
+            # The daemon's own outbox writes are not fsynced at commit (see the README):
+            # a power cut may undo any acks since the last checkpoint, and each goes again.
+            r.duplicate_bound += r.power_cuts * len(exp.keys)
         for name in ("daemon.log", "sink.log"):
             with open(self.logs / name, errors="replace") as f:
                 r.log_errors += [

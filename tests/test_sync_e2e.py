@@ -7,6 +7,7 @@ import contextlib
 import os
 import random
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -249,6 +250,31 @@ async def test_orphaned_prog_file_is_recovered(tmp_path):
     (upload,) = server.uploads
     assert upload.readings == readings
     assert not prog.exists()
+
+
+async def test_orphaned_prog_files_cut_before_their_header_are_removed(tmp_path):
+    """A writer that died (or lost power) before its header reached the disk leaves an
+    empty or headless .prog: nothing to recover, nothing to keep. A .capture file cut
+    the same way is another matter (its writer said it was done): it stays, a dead
+    letter."""
+    async with RecordingServer() as server:
+        config = write_config(tmp_path, server.port, prog_recover_age_s=1)
+        folder = tmp_path / "capture" / "rdk_component_sensor" / "imu" / "Readings"
+        folder.mkdir(parents=True)
+        empty, headless, cut = folder / "a.prog", folder / "b.prog", folder / "c.capture"
+        empty.touch()
+        headless.write_bytes(b"\x40\x0a\x03ab")  # the header's prefix says 64 bytes
+        cut.write_bytes(b"\x40\x0a\x03ab")
+        past = time.time() - 60
+        for path in (empty, headless, cut):
+            os.utime(path, (past, past))
+        assert await sync_once(config) == 0
+        assert await sync_once(config) == 0
+        with Outbox(tmp_path / "state") as outbox:
+            counts = outbox.counts()
+    assert server.uploads == []
+    assert not empty.exists() and not headless.exists() and cut.exists()
+    assert (counts.pending, counts.inflight, counts.failed) == (0, 0, 1)
 
 
 @pytest.mark.parametrize("limit", [1])
