@@ -27,7 +27,8 @@ goes up again whole after an interruption, or one claim of ``batch_max_readings`
 With ``Settings.disk`` (tests/test_power_cut.py), the capture and state dirs live on a
 disk whose power each round cuts, instead of a SIGKILL of `syncd run`; arbitrary files
 are then fsynced by their writer, and what was finished while the power went may arrive
-or not (``uncertain``).
+or not (``uncertain``). With ``Settings.sink_disk``, the receiver's store lives on such a
+disk, and its power is cut where the receiver would be killed.
 
 The seed fixes the workload and the kill schedule (process timing still varies).
 """
@@ -90,6 +91,9 @@ class Settings:
     # A PowerCutDisk (tests/power_cut_disk.py): the capture and state dirs live on it, and
     # each round ends with its power cut instead of a SIGKILL of `syncd run`.
     disk: object = None
+    # Another PowerCutDisk: the receiver's store lives on it, and its power is cut where
+    # the receiver would be SIGKILLed.
+    sink_disk: object = None
     log: object = None  # callable(str) for progress lines, or None
 
 
@@ -436,7 +440,7 @@ class Chaos:
         on_disk = w if s.disk is None else s.disk.root  # type: ignore[attr-defined]
         self.capture = on_disk / "capture"
         self.state = on_disk / "state"
-        self.store = w / "store"
+        self.store = (w if s.sink_disk is None else s.sink_disk.root) / "store"  # type: ignore[attr-defined]
         self.logs = w / "logs"
         for d in (self.capture, self.state, self.store, self.logs):
             d.mkdir(parents=True, exist_ok=True)
@@ -598,6 +602,10 @@ class Chaos:
                     self.power_cut(generator)
                 elif action == "kill daemon":
                     self.kill_daemon()
+                elif action == "kill sink" and s.sink_disk is not None:
+                    self.s.sink_disk.cut(self.kill_sink)  # type: ignore[attr-defined]
+                    self.store.mkdir(parents=True, exist_ok=True)
+                    self.report.power_cuts += 1
                 elif action == "kill sink":
                     self.kill_sink()
                 elif action == "start sink" and self.sink is None:

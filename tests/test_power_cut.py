@@ -1,5 +1,5 @@
-"""Power cuts at random while a mixed workload keeps coming: nothing that was durably
-handed to syncd is lost.
+"""Power cuts at random while a mixed workload keeps coming, on the robot or on the
+receiver: nothing that was durably handed to syncd is lost.
 
 The capture and state dirs live on a disk whose power the test cuts (see
 tests/power_cut_disk.py): the disk keeps only what had reached it, the journal is replayed
@@ -11,12 +11,16 @@ went may arrive or not; everything finished before must arrive, at least once.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from chaos_harness import Chaos, Settings, chaos_seed
+from chaos_harness import Chaos, Report, Settings, chaos_seed
 from power_cut_disk import PowerCutDisk, unavailable
 
 
-def test_power_cuts_at_random_lose_nothing(tmp_path):
+def _power_cut_run(tmp_path: Path, where: str, **settings: object) -> Report:
+    """Run the crash harness with a power-cut disk as its ``where`` (``disk`` or
+    ``sink_disk``) and ``settings``; fail on any problem it finds."""
     reason = unavailable()
     if reason is not None:
         pytest.skip(f"no disk whose power can be cut here: {reason}")
@@ -33,10 +37,10 @@ def test_power_cuts_at_random_lose_nothing(tmp_path):
                 workdir=tmp_path / "work",
                 rounds=4,
                 kill_after_s=(0.5, 2.5),
-                sink_kill_p=0.0,
                 prog_recover_age_s=1.0,
-                disk=disk,
                 log=print,
+                **{where: disk},
+                **settings,  # type: ignore[arg-type]
             )
         )
         report = chaos.run()
@@ -48,5 +52,18 @@ def test_power_cuts_at_random_lose_nothing(tmp_path):
     assert not problems, f"seed {seed} (rerun: SYNCD_CHAOS_SEED={seed}):\n{text}\n" + "\n".join(
         problems
     )
-    assert report.power_cuts == 4 and report.items > 50, text
+    assert report.power_cuts >= 1 and report.items > 50, text
     assert set(report.by_kind) == {"file", "tabular", "binary", "reading"}, text
+    return report
+
+
+def test_power_cuts_at_random_lose_nothing(tmp_path):
+    report = _power_cut_run(tmp_path, "disk", sink_kill_p=0.0)
+    assert report.power_cuts == 4
+
+
+def test_the_receivers_power_cuts_lose_nothing(tmp_path):
+    """The receiver answers an upload only once it is fsynced: a power cut just after
+    loses nothing, though the robot has deleted its copy by then."""
+    report = _power_cut_run(tmp_path, "sink_disk", sink_kill_p=1.0, sink_down_s=(0.0, 0.5))
+    assert report.power_cuts == 4 and report.sink_kills == 4
