@@ -66,4 +66,5 @@ def test_the_receivers_power_cuts_lose_nothing(tmp_path):
     """The receiver answers an upload only once it is fsynced: a power cut just after
     loses nothing, though the robot has deleted its copy by then."""
     report = _power_cut_run(tmp_path, "sink_disk", sink_kill_p=1.0, sink_down_s=(0.0, 0.5))
-    assert report.power_cuts == 4 and report.sink_kills == 4
+    # A receiver still down from the last round comes back in this one, uncut.
+    assert report.power_cuts == report.sink_kills >= 2
