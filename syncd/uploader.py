@@ -586,7 +586,9 @@ class Uploader:
                 self.cfg.sync.chunk_bytes,
             )
         except FileNotFoundError:
-            log.warning("%s vanished before it was uploaded; dropping it from the queue", item.path)
+            # Removed by another program, or uploaded and deleted by syncd just before it
+            # stopped (the ack had not reached the outbox): either way nothing to send.
+            log.warning("%s is gone from disk; dropping it from the queue", item.path)
             await self.outbox.drop([item.id])
             self._on_file_done(item.path)
             return
