@@ -748,6 +748,19 @@ class Chaos:
 
     # assertions for tests and the bench
 
+    def check(self, report: Report) -> str:
+        """Print ``report``; fail the test on any problem, or if a kind of item never
+        came up; return the report's text for further assertions."""
+        text = "\n".join(report.lines())
+        print(text)
+        problems = self.problems()
+        seed = report.seed
+        assert not problems, f"seed {seed} (rerun: {SEED_ENV}={seed}):\n{text}\n" + "\n".join(
+            problems
+        )
+        assert set(report.by_kind) == {"file", "tabular", "binary", "reading"}, text
+        return text
+
     def problems(self) -> list[str]:
         r = self.report
         out = []

@@ -38,14 +38,8 @@ def test_kill_9_at_random_loses_nothing(tmp_path):
         )
     )
     report = chaos.run()
-    text = "\n".join(report.lines())
-    print(text)
-    problems = chaos.problems()
-    assert not problems, f"seed {seed} (rerun: SYNCD_CHAOS_SEED={seed}):\n{text}\n" + "\n".join(
-        problems
-    )
+    text = chaos.check(report)
     assert report.kills >= 6 and report.items > 100, text
-    assert set(report.by_kind) == {"file", "tabular", "binary", "reading"}, text
 
 
 # --- found by the crash runs ------------------------------------------------------------
