@@ -34,7 +34,7 @@ from types import TracebackType
 
 from google.protobuf.message import DecodeError
 
-from syncd.errors import CaptureFileError, CaptureHeaderCutError
+from syncd.errors import CaptureFileError, EmptyCaptureFileError
 from syncd.fsutil import fsync_dir
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
 
@@ -457,7 +457,7 @@ class CaptureReader:
             return error(f"{self.path}: not a readable capture file: {reason}")
 
         if self.size == 0:
-            raise fail("the file is empty (no header)", CaptureHeaderCutError)
+            raise fail("the file is empty (no header)", EmptyCaptureFileError)
         try:
             length, start = self._read_prefix(0)
         except _Corrupt as e:
@@ -470,9 +470,7 @@ class CaptureReader:
                 f"header length prefix says {length} bytes, over the {MAX_HEADER_BYTES} limit"
             )
         if length > remain:
-            raise fail(
-                f"header length prefix says {length} bytes, {remain} remain", CaptureHeaderCutError
-            )
+            raise fail(f"header length prefix says {length} bytes, {remain} remain")
         raw = self._blocks.read(start, length)
         if len(raw) != length:
             raise fail("the file shrank while its header was read")

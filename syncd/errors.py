@@ -19,8 +19,8 @@ class CaptureFileError(SyncdError):
     """A capture file cannot be read at all (missing or corrupt header)."""
 
 
-class CaptureHeaderCutError(CaptureFileError):
-    """The file ends before its header does: its writer stopped before writing it."""
+class EmptyCaptureFileError(CaptureFileError):
+    """The capture file is empty: its writer stopped before writing its header."""
 
 
 class OutboxError(SyncdError):

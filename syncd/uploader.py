@@ -28,7 +28,7 @@ from syncd import mapping
 from syncd.capture_file import CaptureReader, ReadingRecord
 from syncd.cloud import UploadTransport
 from syncd.config import Config
-from syncd.errors import CaptureFileError, CaptureHeaderCutError, OutboxError, SourceError
+from syncd.errors import CaptureFileError, EmptyCaptureFileError, OutboxError, SourceError
 from syncd.fsutil import read_fd
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
 from syncd.logs import human_bytes
@@ -592,12 +592,13 @@ class Uploader:
             await self.outbox.drop([item.id])
             self._on_file_done(item.path)
             return
-        except CaptureHeaderCutError:
+        except EmptyCaptureFileError:
             if item.kind != "prog":
                 raise
-            # An orphan whose writer died before its header was written (or reached the
-            # disk, in a power cut): no reading to recover, nothing to keep.
-            log.info("%s: orphaned before its header was written; removing it", item.path)
+            # An orphan whose writer died before writing anything (or before it reached
+            # the disk, in a power cut): no reading to recover, no byte to keep. One cut
+            # short stays, a dead letter: it may not be a capture file at all.
+            log.info("%s: an orphaned .prog file with nothing in it; removing it", item.path)
             await _blocking_io(True, _remove, item.path)
             await self.outbox.drop([item.id])
             self._on_file_done(item.path)

@@ -230,8 +230,10 @@ class Generator(threading.Thread):
 
     def run(self) -> None:
         try:
+            # One of each kind first, so that even a short run has them all.
+            firsts = [0.0, 0.3, 0.5, 0.8]
             while not self.stop.is_set():
-                choice = self.rng.random()
+                choice = firsts.pop(0) if firsts else self.rng.random()
                 with self.producing:
                     if choice < 0.3:
                         self.tabular_file()

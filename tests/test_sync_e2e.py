@@ -252,11 +252,11 @@ async def test_orphaned_prog_file_is_recovered(tmp_path):
     assert not prog.exists()
 
 
-async def test_orphaned_prog_files_cut_before_their_header_are_removed(tmp_path):
-    """A writer that died (or lost power) before its header reached the disk leaves an
-    empty or headless .prog: nothing to recover, nothing to keep. A .capture file cut
-    the same way is another matter (its writer said it was done): it stays, a dead
-    letter."""
+async def test_an_empty_orphaned_prog_file_is_removed(tmp_path):
+    """A writer that died (or lost power) before anything of its file reached the disk
+    leaves an empty .prog: nothing to recover, nothing to keep. A .prog or a .capture
+    whose header is cut short stays, a dead letter: it may not be a capture file at all
+    (a program's own .prog file), and syncd deletes no byte it could not send."""
     async with RecordingServer() as server:
         config = write_config(tmp_path, server.port, prog_recover_age_s=1)
         folder = tmp_path / "capture" / "rdk_component_sensor" / "imu" / "Readings"
@@ -273,8 +273,8 @@ async def test_orphaned_prog_files_cut_before_their_header_are_removed(tmp_path)
         with Outbox(tmp_path / "state") as outbox:
             counts = outbox.counts()
     assert server.uploads == []
-    assert not empty.exists() and not headless.exists() and cut.exists()
-    assert (counts.pending, counts.inflight, counts.failed) == (0, 0, 1)
+    assert not empty.exists() and headless.exists() and cut.exists()
+    assert (counts.pending, counts.inflight, counts.failed) == (0, 0, 2)
 
 
 @pytest.mark.parametrize("limit", [1])
