@@ -10,8 +10,6 @@ turned into dead letters with the server's reason.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import logging
 import os
 import random
@@ -29,12 +27,12 @@ from syncd.capture_file import CaptureReader, ReadingRecord
 from syncd.cloud import UploadTransport
 from syncd.config import Config
 from syncd.errors import CaptureFileError, EmptyCaptureFileError, OutboxError, SourceError
-from syncd.fsutil import read_fd
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
+from syncd.group_acks import GroupAcks
 from syncd.logs import human_bytes
-from syncd.outbox import AsyncOutbox, ClaimedFile, ClaimedReading, FileItem, KeptFile
+from syncd.outbox import AsyncOutbox, ClaimedFile, ClaimedReading, FileItem
 from syncd.retry import Connectivity, Verdict, backoff_delay, classify, describe
-from syncd.sink_store_items import forwarded_metadata, read_sidecar, sidecar_file
+from syncd.upload_sources import Close, Source, local_io, open_source, remove_file
 
 log = logging.getLogger("syncd.uploader")
 T = TypeVar("T")
@@ -58,10 +56,6 @@ READ_BLOCK_BYTES = 1024 * 1024
 # reading 1 MiB from the page cache takes 0.07 ms, and deleting it once written back to
 # ext4 about 1 ms.
 INLINE_BYTES = 1024 * 1024
-# Uploaded files up to this size are deleted on the event loop, many at a time: tens of
-# microseconds each, even once written back (here: 3 us for a 4 KiB file still in the
-# page cache, 60 us once written back; 270 us for 1 MiB). Larger ones go to a thread.
-INLINE_DELETE_BYTES = 64 * 1024
 # In-call retries of transient errors: the first wait, its jitter, the longest wait.
 CALL_RETRY_FIRST_S = 0.2
 CALL_RETRY_JITTER_S = 0.2
@@ -70,10 +64,6 @@ CALL_RETRY_MAX_S = 2.0
 PROGRESS_LOG_S = 30.0
 # While the outbox refuses writes (its disk is full), the dispatcher retries this often.
 OUTBOX_RETRY_MAX_S = 30.0
-# Acknowledgements gather this long before they are committed together: one transaction
-# per ack costs the outbox thread more than a small file's whole upload. The slot is free
-# already, so nothing waits on it but the row.
-ACK_GATHER_S = 0.02
 
 
 @dataclass
@@ -120,83 +110,6 @@ class _Slot:
             free()
 
 
-# What became of an uploaded file: None (deleted, or kept as synced), its new stat (it
-# changed since it was read: left as it is), or why it could not be deleted.
-_Outcome = os.stat_result | OSError | None
-
-
-@dataclass(frozen=True)
-class _Close:
-    """A file to close after its upload, unless it changed since it was read: deleted,
-    with a receiver's sidecar beside it, or with ``keep``, left on disk as synced."""
-
-    id: int
-    path: str
-    size: int
-    mtime_ns: int
-    sidecar: bool
-    keep: bool = False
-
-
-class _GroupAcks:
-    """Acknowledgements of concurrent uploads share one outbox transaction (group
-    commit): an ack joins the next flush and returns once that flush is committed. Files
-    to close join it too and are deleted just before the commit, so a crash in between
-    leaves a row whose file is gone (dropped at the next claim), never a file whose row
-    is gone (which would upload twice); files kept on disk are remembered as synced in
-    the commit. Small files are closed on the event loop, which costs less than waking a
-    thread (see ``INLINE_DELETE_BYTES``); large ones, whose blocks take a while to free,
-    on the outbox's thread in the same trip as the commit. A flush waits
-    ``ACK_GATHER_S`` for company: each trip to that thread wakes it and the event loop,
-    which costs a small file's upload more than its own ack."""
-
-    def __init__(self, outbox: AsyncOutbox) -> None:
-        self._outbox = outbox
-        self._ids: list[int] = []
-        self._closes: list[_Close] = []
-        self._flushed: asyncio.Future[dict[int, _Outcome]] | None = None
-        self._wanted = asyncio.Event()
-
-    async def ack(self, ids: list[int]) -> None:
-        self._ids.extend(ids)
-        await self._next_flush()
-
-    async def close_and_ack(self, close: _Close) -> _Outcome:
-        """Delete (or keep) the uploaded file and ack its row, returning None; or, if the
-        file changed meanwhile, neither, returning its new stat; or, if it could not be
-        deleted, the error, leaving its row to the caller."""
-        self._closes.append(close)
-        return (await self._next_flush()).get(close.id)
-
-    async def _next_flush(self) -> dict[int, _Outcome]:
-        if self._flushed is None:
-            self._flushed = asyncio.get_running_loop().create_future()
-        flushed = self._flushed
-        self._wanted.set()
-        return await asyncio.shield(flushed)
-
-    async def run(self) -> None:
-        while True:
-            await self._wanted.wait()
-            await asyncio.sleep(ACK_GATHER_S)
-            self._wanted.clear()
-            ids, closes, flushed = self._ids, self._closes, self._flushed
-            self._ids, self._closes, self._flushed = [], [], None
-            if flushed is None:
-                continue
-            small = [c for c in closes if c.size <= INLINE_DELETE_BYTES]
-            large = [c for c in closes if c.size > INLINE_DELETE_BYTES]
-            try:
-                closed, kept, outcomes = _close_files(small)
-                outcomes = await self._outbox.ack_after(
-                    functools.partial(_close_more, (ids + closed, kept, outcomes), large)
-                )
-            except Exception as exc:
-                flushed.set_exception(exc)
-            else:
-                flushed.set_result(outcomes)
-
-
 class Uploader:
     """Uploads everything the outbox holds through ``transport``, until cancelled.
 
@@ -235,7 +148,7 @@ class Uploader:
         self._idle = asyncio.Event()  # nothing in flight and nothing due: see wait_idle
         self._files_first = True
         self._claimed_files: deque[ClaimedFile] = deque()
-        self._acks = _GroupAcks(outbox)
+        self._acks = GroupAcks(outbox)
         self._active = 0
         self._paused = False
         self._unrecorded: list[int] = []  # claimed ids whose outcome the outbox refused
@@ -580,7 +493,7 @@ class Uploader:
         try:
             source = await _blocking_io(
                 item.size <= INLINE_BYTES,
-                _open_source,
+                open_source,
                 item.path,
                 item.kind,
                 self.cfg.sync.chunk_bytes,
@@ -599,7 +512,7 @@ class Uploader:
             # the disk, in a power cut): no reading to recover, no byte to keep. One cut
             # short stays, a dead letter: it may not be a capture file at all.
             log.info("%s: an orphaned .prog file with nothing in it; removing it", item.path)
-            await _blocking_io(True, _remove, item.path)
+            remove_file(item.path)  # empty: its unlink costs nothing worth a thread
             await self.outbox.drop([item.id])
             self._on_file_done(item.path)
             return
@@ -633,7 +546,7 @@ class Uploader:
         self, item: ClaimedFile, sidecar: bool, nbytes: int, elapsed: float
     ) -> None:
         keep = not self.cfg.sync.delete_after_upload and item.kind != "prog"
-        close = _Close(item.id, item.path, item.size, item.mtime_ns, sidecar, keep)
+        close = Close(item.id, item.path, item.size, item.mtime_ns, sidecar, keep)
         outcome = await self._acks.close_and_ack(close)
         undeletable = False
         if isinstance(outcome, OSError):
@@ -713,7 +626,7 @@ class Uploader:
 
         return chunks
 
-    async def _upload_arbitrary(self, item: ClaimedFile, source: _Source) -> int:
+    async def _upload_arbitrary(self, item: ClaimedFile, source: Source) -> int:
         meta = item.meta
         md = mapping.file_metadata(
             item.path,
@@ -736,7 +649,7 @@ class Uploader:
         await self._call(lambda: self.transport.file_upload(md, chunks))
         return item.size
 
-    async def _upload_capture(self, item: ClaimedFile, source: _Source) -> int:
+    async def _upload_capture(self, item: ClaimedFile, source: Source) -> int:
         """Upload a capture file's readings: tabular in batches, binary one by one."""
         reader = source.reader
         assert reader is not None
@@ -823,44 +736,6 @@ class Uploader:
         return total
 
 
-@dataclass
-class _Source:
-    """What one look at a queued file learned before its upload."""
-
-    st: os.stat_result
-    origin: ds.UploadMetadata | None  # what a receiver recorded, when forwarding its store
-    sidecar: bool  # a receiver's sidecar lies beside it (deleted with it)
-    content: bytes | None = None  # the whole of a small arbitrary file
-    reader: CaptureReader | None = None  # an open capture file
-
-
-def _open_source(path: str, kind: str, small_bytes: int) -> _Source:
-    """Stat, look for a receiver's sidecar, and read or open the file: at most one thread
-    hop, and few system calls (this runs for every small file). FileNotFoundError passes
-    through; other local I/O errors become SourceError, so they are never mistaken for
-    the network's."""
-    with _local_io(path):
-        sidecar = read_sidecar(path)
-        origin = None if not sidecar else forwarded_metadata(sidecar)
-        if kind != "file":
-            st = os.stat(path)
-            source = _Source(st, origin, sidecar is not None)
-            source.reader = CaptureReader(path)
-            return source
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            st = os.fstat(fd)
-            source = _Source(st, origin, sidecar is not None)
-            if st.st_size <= small_bytes:
-                # What grows meanwhile is seen after the upload, and sent again then.
-                source.content = read_fd(fd, st.st_size)
-                if len(source.content) != st.st_size:
-                    raise SourceError(f"{path}: shrank while being read")
-        finally:
-            os.close(fd)
-    return source
-
-
 class _Requests:
     """A capture file's serialized DataCaptureUploadRequests, read one batch ahead so that
     each says whether another follows: the last one needs no extra trip to a thread."""
@@ -876,7 +751,7 @@ class _Requests:
 
     def next(self) -> tuple[bytes, int, bool] | None:
         """(request, readings in it, whether more follow), or None when done."""
-        with _local_io(self._path):
+        with local_io(self._path):
             batch = self._ahead if self._started else next(self._batches, None)
             self._started = True
             if batch is None:
@@ -897,71 +772,6 @@ def _next_record(records: Iterator[ReadingRecord]) -> ReadingRecord | None:
         return next(records, None)
     except OSError as exc:
         raise SourceError(f"cannot read a capture file: {exc.strerror or exc}") from None
-
-
-@contextlib.contextmanager
-def _local_io(path: str) -> Iterator[None]:
-    try:
-        yield
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise SourceError(f"{path}: cannot read: {exc.strerror or exc}") from None
-
-
-def _remove(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
-def _changed_since(path: str, size: int, mtime_ns: int) -> os.stat_result | None:
-    """After the server's ack: the file's new stat if it changed meanwhile, else None
-    (also when it is gone: it was removed after we read all of it)."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return st if (st.st_size, st.st_mtime_ns) != (size, mtime_ns) else None
-
-
-def _close_files(closes: list[_Close]) -> tuple[list[int], list[KeptFile], dict[int, _Outcome]]:
-    """Close each uploaded file (see :class:`_Close`) unless it changed since it was read.
-    Returns the ids of the files deleted, the files kept, and, by id, the new stat of
-    each changed file and the error of each that could not be deleted."""
-    deleted: list[int] = []
-    kept: list[KeptFile] = []
-    outcomes: dict[int, _Outcome] = {}
-    for close in closes:
-        try:
-            changed = _changed_since(close.path, close.size, close.mtime_ns)
-            if changed is None and not close.keep:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(close.path)
-        except OSError as exc:
-            if not close.keep:
-                outcomes[close.id] = exc
-                continue
-            changed = None  # kept, and cannot be looked at now: it went as it was read
-        if changed is not None:
-            outcomes[close.id] = changed
-        elif close.keep:
-            kept.append(KeptFile(close.id, close.path, close.size, close.mtime_ns))
-        else:
-            deleted.append(close.id)
-            if close.sidecar:
-                # The data is gone; a sidecar left behind is hidden, and a receiver's own
-                # cleanup removes it.
-                with contextlib.suppress(OSError):
-                    os.unlink(sidecar_file(close.path))
-    return deleted, kept, outcomes
-
-
-def _close_more(
-    done: tuple[list[int], list[KeptFile], dict[int, _Outcome]], closes: list[_Close]
-) -> tuple[list[int], list[KeptFile], dict[int, _Outcome]]:
-    """``done`` (the ids to ack, the files kept, the outcomes) with ``closes`` closed too."""
-    closed, kept, outcomes = _close_files(closes)
-    return done[0] + closed, done[1] + kept, done[2] | outcomes
 
 
 def _stream_name(reading: ClaimedReading) -> str:
