@@ -126,15 +126,19 @@ def file_metadata(
     return md
 
 
-def as_forwarded(md: ds.UploadMetadata, origin: ds.UploadMetadata) -> ds.UploadMetadata:
+def as_forwarded(
+    md: ds.UploadMetadata, origin: ds.UploadMetadata, hop_tags: Iterable[str]
+) -> ds.UploadMetadata:
     """Metadata for data a receiver stored with ``origin`` and this syncd now forwards:
-    the origin says whose data it is and what it was called; this hop adds its tags."""
+    the origin (with the receiver's tag edits) says whose data it is, what it was called
+    and how it is tagged; this hop adds ``hop_tags``, its config's and its folders'. Not
+    the capture header's: they are the tags of the upload, edits since then left out."""
     out = ds.UploadMetadata()
     out.CopyFrom(origin)
     out.part_id = origin.part_id or md.part_id
     out.type = md.type
     del out.tags[:]
-    out.tags.extend(merge_tags(origin.tags, md.tags))
+    out.tags.extend(merge_tags(origin.tags, hop_tags))
     del out.dataset_ids[:]
     out.dataset_ids.extend(merge_tags(origin.dataset_ids, md.dataset_ids))
     if md.type != ds.DATA_TYPE_FILE:

@@ -628,15 +628,16 @@ class Uploader:
 
     async def _upload_arbitrary(self, item: ClaimedFile, source: Source) -> int:
         meta = item.meta
+        hop_tags = mapping.merge_tags(self.cfg.sync.tags, meta.get("tags", ()))
         md = mapping.file_metadata(
             item.path,
             source.st,
             self.cfg.part_id,
-            tags=mapping.merge_tags(self.cfg.sync.tags, meta.get("tags", ())),
+            tags=hop_tags,
             dataset_ids=meta.get("dataset_ids", ()),
         )
         if source.origin is not None:
-            md = mapping.as_forwarded(md, source.origin)
+            md = mapping.as_forwarded(md, source.origin, hop_tags)
         if source.content is not None:  # read whole already: no more trips to the disk
             content = source.content
 
@@ -654,14 +655,12 @@ class Uploader:
         reader = source.reader
         assert reader is not None
         header = reader.header
+        hop_tags = mapping.merge_tags(self.cfg.sync.tags, item.meta.get("tags", ()))
         md = mapping.header_metadata(
-            header,
-            self.cfg.part_id,
-            mapping.merge_tags(self.cfg.sync.tags, item.meta.get("tags", ())),
-            item.meta.get("dataset_ids", ()),
+            header, self.cfg.part_id, hop_tags, item.meta.get("dataset_ids", ())
         )
         if source.origin is not None:
-            md = mapping.as_forwarded(md, source.origin)
+            md = mapping.as_forwarded(md, source.origin, hop_tags)
         if header.type == ds.DATA_TYPE_BINARY_SENSOR:
             nbytes = await self._upload_binary_records(md, iter(reader), reader.size)
         else:

@@ -13,9 +13,12 @@ from capture_gen import (
     tabular_header,
     write_capture,
 )
+from grpclib.client import Channel
 
 from syncd.config import load_config
 from syncd.daemon import run_daemon
+from syncd.gen.app.data.v1 import data_pb2
+from syncd.gen.app.data.v1.data_grpc import DataServiceStub
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
 from syncd.outbox import Outbox
 from syncd.sink import Sink
@@ -88,3 +91,38 @@ async def test_a_store_forwards_to_another_sink_without_losing_metadata(tmp_path
     assert [
         p for p in (tmp_path / "A").rglob("*") if p.is_file() and not p.name.startswith(".index")
     ] == []
+
+
+async def test_tag_edits_made_at_the_receiver_go_onward(tmp_path):
+    """Tags added or removed at sink A (Viam's data API) are what a forwarding syncd
+    sends on, not the tags in the stored capture file's header."""
+    robot_capture = tmp_path / "robot" / "capture"
+    write_capture(
+        robot_capture, binary_header(tags=["yard"]), [binary_reading(os.urandom(3000), T0)]
+    )
+    async with Sink(tmp_path / "A") as sink_a, Sink(tmp_path / "B") as sink_b:
+        robot = config(
+            tmp_path, "robot", robot_capture, tmp_path / "robot" / "state", sink_a.port, "r"
+        )
+        assert await run_daemon(load_config(robot), once=True, timeout=60) == 0
+        (stored,) = iter_store(tmp_path / "A")
+        assert list(stored.upload_metadata.tags) == ["yard", "r"]
+        channel = Channel("127.0.0.1", sink_a.port)
+        try:
+            api = DataServiceStub(channel)
+            await api.RemoveTagsFromBinaryDataByIDs(
+                data_pb2.RemoveTagsFromBinaryDataByIDsRequest(
+                    binary_data_ids=[stored.id], tags=["yard"]
+                )
+            )
+            await api.AddTagsToBinaryDataByIDs(
+                data_pb2.AddTagsToBinaryDataByIDsRequest(
+                    binary_data_ids=[stored.id], tags=["reviewed"]
+                )
+            )
+        finally:
+            channel.close()
+        station = config(tmp_path, "station", tmp_path / "A", tmp_path / "st", sink_b.port, "hop")
+        assert await run_daemon(load_config(station), once=True, timeout=60) == 0
+    (forwarded,) = iter_store(tmp_path / "B")
+    assert list(forwarded.upload_metadata.tags) == ["r", "reviewed", "hop"]
