@@ -169,11 +169,13 @@ def delete_tabular_filter(
     )
 
 
-def _ids(binary_data_ids: Any, binary_ids: Any) -> list[str]:
-    ids = [*binary_data_ids, *(b.file_id for b in binary_ids)]
-    if not ids:
+def _ids(binary_data_ids: Any, binary_ids: Any, identity: CaptureIdentity) -> list[str]:
+    """The ids a request names; a BinaryID of another organization or location names
+    nothing here, like an unknown id."""
+    if not binary_data_ids and not binary_ids:
         raise ValueError("no binary data ids given (binary_data_ids and binary_ids are empty)")
-    return ids
+    owned = (b.file_id for b in binary_ids if identity.owns(b.organization_id, b.location_id))
+    return [*binary_data_ids, *owned]
 
 
 def _tags(tags: Any) -> list[str]:
@@ -372,7 +374,9 @@ class DataService(DataServiceBase):
         await self._unary(stream, pb.BinaryDataByIDsRequest, self._binary_by_ids)
 
     def _binary_by_ids(self, request: pb.BinaryDataByIDsRequest) -> Message:
-        rows = self._index.binary_by_ids(_ids(request.binary_data_ids, request.binary_ids))
+        rows = self._index.binary_by_ids(
+            _ids(request.binary_data_ids, request.binary_ids, self._identity)
+        )
         data = []
         for row in rows:
             payload = None
@@ -404,7 +408,9 @@ class DataService(DataServiceBase):
 
     def _add_tags_by_ids(self, request: pb.AddTagsToBinaryDataByIDsRequest) -> Message:
         tags = _tags(request.tags)
-        self._index.add_tags(_ids(request.binary_data_ids, request.binary_ids), tags)
+        self._index.add_tags(
+            _ids(request.binary_data_ids, request.binary_ids, self._identity), tags
+        )
         return pb.AddTagsToBinaryDataByIDsResponse()
 
     async def AddTagsToBinaryDataByFilter(self, stream: Stream[Any, Any]) -> None:
@@ -421,7 +427,9 @@ class DataService(DataServiceBase):
 
     def _remove_tags_by_ids(self, request: pb.RemoveTagsFromBinaryDataByIDsRequest) -> Message:
         tags = _tags(request.tags)
-        count = self._index.remove_tags(_ids(request.binary_data_ids, request.binary_ids), tags)
+        count = self._index.remove_tags(
+            _ids(request.binary_data_ids, request.binary_ids, self._identity), tags
+        )
         return pb.RemoveTagsFromBinaryDataByIDsResponse(deleted_count=count)
 
     async def RemoveTagsFromBinaryDataByFilter(self, stream: Stream[Any, Any]) -> None:
@@ -462,5 +470,7 @@ class DataService(DataServiceBase):
         await self._unary(stream, pb.DeleteBinaryDataByIDsRequest, self._delete_by_ids)
 
     def _delete_by_ids(self, request: pb.DeleteBinaryDataByIDsRequest) -> Message:
-        count = self._index.delete_binary(_ids(request.binary_data_ids, request.binary_ids))
+        count = self._index.delete_binary(
+            _ids(request.binary_data_ids, request.binary_ids, self._identity)
+        )
         return pb.DeleteBinaryDataByIDsResponse(deleted_count=count)

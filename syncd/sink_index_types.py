@@ -72,17 +72,24 @@ class CaptureIdentity:
 
     def admits(self, flt: ItemFilter) -> bool:
         """False when ``flt`` names another organization, location, robot or part name."""
-
-        def ok(mine: str, wanted: Sequence[str]) -> bool:
-            return not mine or not wanted or mine in wanted
-
         return (
-            ok(self.organization_id, flt.organization_ids)
-            and ok(self.location_id, flt.location_ids)
-            and ok(self.robot_id, [flt.robot_id] if flt.robot_id else [])
-            and ok(self.robot_name, [flt.robot_name] if flt.robot_name else [])
-            and ok(self.part_name, [flt.part_name] if flt.part_name else [])
+            _same(self.organization_id, flt.organization_ids)
+            and _same(self.location_id, flt.location_ids)
+            and _same(self.robot_id, [flt.robot_id] if flt.robot_id else [])
+            and _same(self.robot_name, [flt.robot_name] if flt.robot_name else [])
+            and _same(self.part_name, [flt.part_name] if flt.part_name else [])
         )
+
+    def owns(self, organization_id: str, location_id: str) -> bool:
+        """False when a (legacy) BinaryID names another organization or location."""
+        return _same(self.organization_id, [organization_id] if organization_id else []) and (
+            _same(self.location_id, [location_id] if location_id else [])
+        )
+
+
+def _same(mine: str, wanted: Sequence[str]) -> bool:
+    """Whether the sink's value ``mine`` is among ``wanted``; an empty side matches all."""
+    return not mine or not wanted or mine in wanted
 
 
 # --- what a query answers --------------------------------------------------------------

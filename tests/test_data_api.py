@@ -470,6 +470,16 @@ async def test_binary_by_ids_in_both_forms(served: Served) -> None:
     legacy = [pb.BinaryID(file_id=i, organization_id="org-1", location_id="loc-1") for i in wanted]
     old = await served.stub.BinaryDataByIDs(sdk.binary_data_by_ids(legacy))
     assert list(old.data) == list(response.data)
+    # The sink is org-1/loc-1: another organization's or location's id names nothing here.
+    elsewhere = [
+        pb.BinaryID(file_id=ids[3], organization_id="org-2", location_id="loc-1"),
+        pb.BinaryID(file_id=ids[0], organization_id="org-1", location_id="loc-2"),
+        pb.BinaryID(file_id=ids[1]),
+    ]
+    mixed = await served.stub.BinaryDataByIDs(sdk.binary_data_by_ids(elsewhere))
+    assert [i.metadata.binary_data_id for i in mixed.data] == [ids[1]]
+    deleted = await served.stub.DeleteBinaryDataByIDs(sdk.delete_binary_data_by_ids(elsewhere[:2]))
+    assert deleted.deleted_count == 0
     bare = await served.stub.BinaryDataByIDs(sdk.binary_data_by_ids(ids, include_binary_data=False))
     assert [i.metadata.binary_data_id for i in bare.data] == ids
     assert all(i.binary == b"" for i in bare.data)
