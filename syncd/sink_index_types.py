@@ -82,9 +82,9 @@ class CaptureIdentity:
 
     def owns(self, organization_id: str, location_id: str) -> bool:
         """False when a (legacy) BinaryID names another organization or location."""
-        return _same(self.organization_id, [organization_id] if organization_id else []) and (
-            _same(self.location_id, [location_id] if location_id else [])
-        )
+        org = [organization_id] if organization_id else []
+        loc = [location_id] if location_id else []
+        return _same(self.organization_id, org) and _same(self.location_id, loc)
 
 
 def _same(mine: str, wanted: Sequence[str]) -> bool:
