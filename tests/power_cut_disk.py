@@ -57,6 +57,11 @@ class PowerCutDisk:
         self.cuts = 0
 
     def __enter__(self) -> PowerCutDisk:
+        return self.open()
+
+    def open(self) -> PowerCutDisk:
+        """Make and mount both filesystems; RuntimeError (with the tool's message) when
+        this machine does not let us."""
         try:
             self._outer.mkdir(parents=True)
             self.root.mkdir(parents=True)
@@ -90,21 +95,21 @@ class PowerCutDisk:
         """Cut the power now: the disk keeps only what had reached it. Then, once
         ``stop_programs()`` has stopped every program that used the disk, put that
         state back under ``root``, as a reboot would."""
+        lost = self._outer / f"disk{self.cuts}.img"
         self.cuts += 1
+        rebooted = self._outer / f"disk{self.cuts}.img"
         snapshot = self._work / f"cut{self.cuts}.img"
         _run("fsfreeze", "--freeze", self._outer)
         try:
-            image = self._outer / f"disk{self.cuts - 1}.img"
-            _run("cp", "--sparse=always", image, snapshot)
+            _run("cp", "--sparse=always", lost, snapshot)
         finally:
             _run("fsfreeze", "--unfreeze", self._outer)
         stop_programs()
         self._unmount_last()
-        (self._outer / f"disk{self.cuts - 1}.img").unlink()
-        image = self._outer / f"disk{self.cuts}.img"
-        _run("cp", "--sparse=always", snapshot, image)
+        lost.unlink()
+        _run("cp", "--sparse=always", snapshot, rebooted)  # on the outer disk, to cut again
         snapshot.unlink()
-        self._mount(image, self.root)
+        self._mount(rebooted, self.root)
 
     def _unmount_last(self) -> None:
         loop, at = self._mounts.pop()

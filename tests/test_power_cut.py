@@ -26,8 +26,9 @@ def _power_cut_run(tmp_path: Path, where: str, **settings: object) -> Report:
         pytest.skip(f"no disk whose power can be cut here: {reason}")
     seed = chaos_seed()
     print(f"chaos seed {seed}")
+    disk = PowerCutDisk(tmp_path / "disk")
     try:
-        disk = PowerCutDisk(tmp_path / "disk").__enter__()
+        disk.open()
     except RuntimeError as exc:
         pytest.skip(f"no disk whose power can be cut here: {exc}")
     try:
