@@ -20,7 +20,6 @@ from typing import Protocol
 
 from grpclib.client import Channel
 from grpclib.const import Status
-from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import GRPCError
 
 from syncd import mapping
@@ -48,16 +47,6 @@ class UploadTransport(Protocol):
     ) -> str: ...
 
     async def close(self) -> None: ...
-
-
-class PassthroughCodec(ProtoCodec):
-    """The protobuf codec, except that bytes are sent as they are: requests built from
-    a capture file's serialized readings need no parse-and-serialise round trip."""
-
-    def encode(self, message, message_type) -> bytes:  # type: ignore[override]
-        if isinstance(message, (bytes, bytearray)):
-            return bytes(message)
-        return super().encode(message, message_type)
 
 
 def make_ssl_context(ca_file: Path | None = None) -> ssl.SSLContext:
@@ -94,9 +83,7 @@ class CloudClient:
         call_timeout_s: float = 60.0,
         connect_timeout_s: float | None = None,
     ) -> None:
-        self._channel = Channel(
-            host, port, ssl=make_ssl_context(ca_file) if tls else None, codec=PassthroughCodec()
-        )
+        self._channel = Channel(host, port, ssl=make_ssl_context(ca_file) if tls else None)
         self._sync = data_sync_grpc.DataSyncServiceStub(self._channel)
         self._auth = auth_grpc.AuthServiceStub(self._channel)
         self._key_id = api_key_id
@@ -199,22 +186,56 @@ class CloudClient:
 
     @staticmethod
     async def _exchange(stream, guard: _StallGuard, first, chunks: ChunkSource | None, wrap):
-        last = first
+        # Messages are framed here and written together up to COALESCE_BYTES: a small
+        # file's metadata and content go out in one HTTP/2 frame, with the end of the
+        # stream, instead of three (each a write and a frame for both sides to handle).
+        first = first if isinstance(first, bytes) else first.SerializeToString()
+        pending: list[bytes] = [grpc_prefix(first), first]
+        pending_bytes = len(first)
         if chunks is not None:
             async for chunk in chunks():
                 guard.stepped()
-                # send_message waits for HTTP/2 flow control, which bounds memory.
-                await stream.send_message(last)
-                guard.stepped()
-                last = wrap(chunk)
-        # The last message ends the stream: no extra frame to say so.
-        await stream.send_message(last, end=True)
+                if pending_bytes >= COALESCE_BYTES:
+                    # waits for HTTP/2 flow control, which bounds memory
+                    await send_framed(stream, b"".join(pending), end=False)
+                    guard.stepped()
+                    pending.clear()
+                    pending_bytes = 0
+                message = wrap(chunk)
+                pending += (grpc_prefix(message), message)
+                pending_bytes += len(message)
+        await send_framed(stream, b"".join(pending), end=True)
         guard.stepped()
         response = await stream.recv_message()
         guard.stepped()
         # the status, here rather than unbounded in the stream's __aexit__
         await stream.recv_trailing_metadata()
         return response
+
+
+COALESCE_BYTES = 64 * 1024
+"""Messages smaller than this together are sent in one write."""
+
+
+def grpc_prefix(message: bytes) -> bytes:
+    """What precedes a serialized message on a gRPC stream: not compressed, its length."""
+    return b"\0" + len(message).to_bytes(4, "big")
+
+
+async def send_framed(stream, data: bytes, *, end: bool) -> None:
+    """Send ``data``, one or more messages each after its :func:`grpc_prefix`, on a grpclib
+    client stream (ending it if ``end``). grpclib frames each message it sends and
+    writes it on its own; this is its ``send_message`` for several at once, so it keeps
+    the stream's own state as ``send_message`` does (grpclib is pinned below 0.5)."""
+    if not stream._send_request_done:
+        await stream.send_request()
+    if stream._end_done:
+        raise RuntimeError("stream already ended")
+    with stream._wrapper:
+        await stream._stream.send_data(data, end_stream=end)
+    stream._send_message_done = True
+    if end:
+        stream._end_done = True
 
 
 class _StallGuard:

@@ -171,6 +171,21 @@ async def test_tabular_requests_stay_under_the_byte_limit(tmp_path):
     assert [r for u in server.uploads for r in u.readings] == readings
 
 
+async def test_small_chunks_written_together_stay_separate_messages(tmp_path):
+    # Messages are written to the connection together, up to 64 KiB at a time; the
+    # server must still see each chunk as its own message, in order.
+    async with RecordingServer() as server:
+        config = write_config(tmp_path, server.port, chunk_bytes=1024)
+        content = os.urandom(150_001)
+        (tmp_path / "capture" / "odd.bin").write_bytes(content)
+        (tmp_path / "capture" / "tiny.txt").write_bytes(b"x")
+        assert await sync_once(config) == 0
+    files = {Path(u.metadata.file_name).name: u for u in server.uploads}
+    assert files["odd.bin"].payload == content
+    assert files["odd.bin"].chunks == -(-len(content) // 1024)
+    assert files["tiny.txt"].payload == b"x" and files["tiny.txt"].chunks == 1
+
+
 async def test_unavailable_server_gets_everything_once(tmp_path):
     async with RecordingServer() as server:
         server.unavailable = 6
