@@ -115,38 +115,35 @@ class CloudClient:
                 log.debug("authenticated with API key %s", self._key_id)
             return {"authorization": f"Bearer {self._token}"}
 
-    async def _with_auth(self, call: Callable[[dict[str, str] | None], object]):
-        """Run ``call(metadata)``; on UNAUTHENTICATED renew the token once and retry."""
+    async def _call(self, method, first, chunks: ChunkSource | None = None, wrap=None):
+        """One call (see :meth:`_stream`), with the bearer metadata when there is a key:
+        on UNAUTHENTICATED the token is renewed once and the call made again."""
         if self._key is None:
-            return await call(None)  # type: ignore[misc]
+            return await self._stream(method, None, first, chunks, wrap)
         metadata = await self._metadata()
-        assert metadata is not None
         try:
-            return await call(metadata)  # type: ignore[misc]
+            return await self._stream(method, metadata, first, chunks, wrap)
         except GRPCError as exc:
             if exc.status is not Status.UNAUTHENTICATED:
                 raise
+            assert metadata is not None
             stale = metadata["authorization"].removeprefix("Bearer ")
             log.info("access token refused by the server; authenticating again")
             metadata = await self._metadata(renew_from=stale)
-            return await call(metadata)  # type: ignore[misc]
+            return await self._stream(method, metadata, first, chunks, wrap)
 
     # --- uploads ------------------------------------------------------------------
 
     async def data_capture_upload(self, request: ds.DataCaptureUploadRequest | bytes) -> str:
         # Not grpclib's unary call: its timeout bounds the whole call, which a request of
         # a few MB over a slow link can outlast however well it moves.
-        response = await self._with_auth(
-            lambda md: self._stream(self._sync.DataCaptureUpload, md, request, None, None)
-        )
+        response = await self._call(self._sync.DataCaptureUpload, request)
         return response.binary_data_id or response.file_id
 
     async def file_upload(self, metadata: ds.UploadMetadata, chunks: ChunkSource) -> str:
-        first = ds.FileUploadRequest(metadata=metadata)
-        response = await self._with_auth(
-            lambda md: self._stream(
-                self._sync.FileUpload, md, first, chunks, mapping.file_chunk_request
-            )
+        first = mapping.file_metadata_request(metadata)
+        response = await self._call(
+            self._sync.FileUpload, first, chunks, mapping.file_chunk_request
         )
         return response.binary_data_id or response.file_id
 
@@ -154,14 +151,8 @@ class CloudClient:
         self, metadata: ds.DataCaptureUploadMetadata, chunks: ChunkSource
     ) -> str:
         first = ds.StreamingDataCaptureUploadRequest(metadata=metadata)
-        response = await self._with_auth(
-            lambda md: self._stream(
-                self._sync.StreamingDataCaptureUpload,
-                md,
-                first,
-                chunks,
-                mapping.streaming_chunk_request,
-            )
+        response = await self._call(
+            self._sync.StreamingDataCaptureUpload, first, chunks, mapping.streaming_chunk_request
         )
         return response.binary_data_id or response.file_id
 

@@ -36,8 +36,10 @@ class GroupAcks:
         self._outbox = outbox
         self._ids: list[int] = []
         self._closes: list[Close] = []
-        self._flushed: asyncio.Future[dict[int, Outcome]] | None = None
+        # One future per waiter, so that a waiter cancelled leaves the flush alone.
+        self._waiters: list[asyncio.Future[dict[int, Outcome]]] = []
         self._wanted = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def ack(self, ids: list[int]) -> None:
         """Ack ``ids`` (readings) in the next flush."""
@@ -51,12 +53,13 @@ class GroupAcks:
         self._closes.append(close)
         return (await self._next_flush()).get(close.id)
 
-    async def _next_flush(self) -> dict[int, Outcome]:
-        if self._flushed is None:
-            self._flushed = asyncio.get_running_loop().create_future()
-        flushed = self._flushed
+    def _next_flush(self) -> asyncio.Future[dict[int, Outcome]]:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        waiter = self._loop.create_future()
+        self._waiters.append(waiter)
         self._wanted.set()
-        return await asyncio.shield(flushed)
+        return waiter
 
     async def run(self) -> None:
         """Flush until cancelled (the uploader runs it beside its dispatcher)."""
@@ -64,9 +67,9 @@ class GroupAcks:
             await self._wanted.wait()
             await asyncio.sleep(ACK_GATHER_S)
             self._wanted.clear()
-            ids, closes, flushed = self._ids, self._closes, self._flushed
-            self._ids, self._closes, self._flushed = [], [], None
-            if flushed is None:
+            ids, closes, waiters = self._ids, self._closes, self._waiters
+            self._ids, self._closes, self._waiters = [], [], []
+            if not waiters:
                 continue
             small = [c for c in closes if c.size <= INLINE_DELETE_BYTES]
             large = [c for c in closes if c.size > INLINE_DELETE_BYTES]
@@ -76,6 +79,10 @@ class GroupAcks:
                     functools.partial(close_more, (ids + closed, kept, outcomes), large)
                 )
             except Exception as exc:
-                flushed.set_exception(exc)
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_exception(exc)
             else:
-                flushed.set_result(outcomes)
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(outcomes)

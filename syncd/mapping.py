@@ -192,6 +192,13 @@ def encode_request(metadata: bytes, delimited_readings: Sequence[bytes | memoryv
     return head + b"\x12" + b"\x12".join(delimited_readings)
 
 
+def file_metadata_request(metadata: ds.UploadMetadata) -> bytes:
+    """A serialized FileUploadRequest carrying ``metadata`` (= 1): framed here, as it
+    costs half of building the message (which copies the metadata) and serializing it."""
+    data = metadata.SerializeToString()
+    return b"\x0a" + encode_uvarint(len(data)) + data
+
+
 def file_chunk_request(chunk: bytes | memoryview) -> bytes:
     """A serialized FileUploadRequest carrying ``chunk`` (file_contents = 2, its data = 1):
     framed here, the chunk is copied once, where building the message copies it twice."""

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from syncd.errors import StorageLimitError
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
 from syncd.sink_store import Store, file_basename, safe_component, safe_extension
-from syncd.sink_store_items import iter_store, sidecar_path
+from syncd.sink_store_items import iter_store, read_sidecar, sidecar_path
 
 BIN_UM = ds.UploadMetadata(
     part_id="p", component_type="camera", component_name="c", method_name="ReadImage", type=1
@@ -209,3 +209,15 @@ def test_store_is_a_capture_dir_for_syncd(store: Store) -> None:
 
 def test_sidecar_path() -> None:
     assert sidecar_path(Path("/s/a.capture")) == Path("/s/.a.capture.meta.json")
+
+
+def test_only_files_named_as_a_store_names_them_have_sidecars(tmp_path) -> None:
+    stored = tmp_path / "2026-12-03T16_20_01.123456Z_0123456789abcdef0123456789abcdef_notes.txt"
+    other = tmp_path / "notes.txt"
+    for data in (stored, other):
+        data.write_text("data")
+        sidecar_path(data).write_text("{}")
+    assert read_sidecar(str(stored)) == b"{}"
+    assert read_sidecar(str(other)) is None
+    sidecar_path(stored).unlink()
+    assert read_sidecar(str(stored)) is None

@@ -140,6 +140,12 @@ def test_file_upload_request_metadata_then_contents():
     _check(chunk, _ld(0x12, _ld(0x0A, b"abc")))
 
 
+def test_file_metadata_request_framed_by_hand_is_what_protobuf_makes():
+    for md in (ds.UploadMetadata(), _upload_metadata(), ds.UploadMetadata(file_name="x" * 200)):
+        expected = ds.FileUploadRequest(metadata=md).SerializeToString()
+        assert mapping.file_metadata_request(md) == expected
+
+
 def test_chunk_requests_framed_by_hand_are_what_protobuf_makes():
     # Sizes around each varint length boundary, an empty chunk, and a memoryview.
     for size in (0, 1, 126, 127, 128, 16_381, 16_382, 16_383, 16_384, 65_536, 2_097_152):
