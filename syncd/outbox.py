@@ -403,15 +403,31 @@ class Outbox:
         """
         now = self._now(now)
         latest = {item.path: item for item in items}  # the last word on each path wins
+        # What the outbox knows of these paths, asked once for all of them: a start
+        # scan queues thousands of files, and a query per file costs more than its row.
+        paths = json.dumps(list(latest))
         with self._lock, self._write() as db:
+            live = {
+                row[0]: row[1:]
+                for row in db.execute(
+                    "SELECT path, id, state, size, mtime_ns FROM files"
+                    " WHERE path IN (SELECT value FROM json_each(?))",
+                    (paths,),
+                )
+            }
+            synced = set(
+                db.execute(
+                    "SELECT path, size, mtime_ns FROM synced_files"
+                    " WHERE path IN (SELECT value FROM json_each(?))",
+                    (paths,),
+                )
+            )
             inserts = []
             for item in latest.values():
                 meta = _meta_json(item.meta)
-                row = db.execute(
-                    "SELECT id, state, size, mtime_ns FROM files WHERE path = ?", (item.path,)
-                ).fetchone()
+                row = live.get(item.path)
                 if row is None:
-                    if not self._synced(db, item.path, item.size, item.mtime_ns):
+                    if (item.path, item.size, item.mtime_ns) not in synced:
                         inserts.append((item, meta))
                     continue
                 fid, state, size, mtime_ns = row

@@ -368,6 +368,8 @@ def _tags(tags: Iterable[str]) -> tuple[str, ...]:
 
 
 def _meta_json(meta: Mapping[str, Any]) -> str:
+    if not meta:
+        return "{}"  # most files: no tags or datasets of their own
     try:
         return json.dumps(dict(meta), separators=(",", ":"), sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
