@@ -56,8 +56,13 @@ class Candidate:
 
     @property
     def meta(self) -> dict[str, list[str]]:
-        """The outbox row's ``meta``."""
-        return {"tags": list(self.tags), "dataset_ids": list(self.dataset_ids)}
+        """The outbox row's ``meta``: the folders' tags and dataset ids, those there are."""
+        meta = {}
+        if self.tags:
+            meta["tags"] = list(self.tags)
+        if self.dataset_ids:
+            meta["dataset_ids"] = list(self.dataset_ids)
+        return meta
 
 
 @dataclass(frozen=True, slots=True)

@@ -310,7 +310,7 @@ async def test_nested_sync_folder_owns_its_files(tmp_path):
         assert report.enqueued == 1
         (claimed,) = await outbox.claim_files(10, lease_s=60)
         assert claimed.path == str(inner / "tag=z" / "f.txt")
-        assert claimed.meta == {"tags": ["z"], "dataset_ids": []}
+        assert claimed.meta == {"tags": ["z"]}
 
 
 # --- with the observer ----------------------------------------------------------------------
