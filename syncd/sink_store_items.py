@@ -54,11 +54,10 @@ TEMP_PREFIX = ".tmp-"
 SIDECAR_FORMAT = 1
 TIME_FORMAT = "%Y-%m-%dT%H_%M_%S.%fZ"
 
-_DATA_NAME = re.compile(
-    r"^(?P<time>\d{4}-\d\d-\d\dT\d\d_\d\d_\d\d\.\d{6}Z)_(?P<id>[0-9a-f]{32})(?:_.*|\..*)?$"
-)
-# How every data file a sink writes begins (its time, then its id), whatever follows.
-_DATA_NAME_START = re.compile(r"\d{4}-\d\d-\d\dT\d\d_\d\d_\d\d\.\d{6}Z_[0-9a-f]{32}")
+# How every data file a sink writes begins: its time, then its id.
+_DATA_NAME_HEAD = r"(?P<time>\d{4}-\d\d-\d\dT\d\d_\d\d_\d\d\.\d{6}Z)_(?P<id>[0-9a-f]{32})"
+_DATA_NAME = re.compile(f"^{_DATA_NAME_HEAD}(?:_.*|\\..*)?$")
+_DATA_NAME_START = re.compile(_DATA_NAME_HEAD)
 
 
 # --- capture-file encoding ------------------------------------------------------------
@@ -255,10 +254,9 @@ def read_sidecar(data_path: str) -> bytes | None:
     that cannot be read. The uploader asks this of every file it sends: a file not named
     as a sink names its data files has no sidecar, which costs no system call to learn,
     and one so named that has none costs one access() and no exception."""
-    head, name = os.path.split(data_path)
-    if not _DATA_NAME_START.match(name):
+    if not _DATA_NAME_START.match(os.path.basename(data_path)):
         return None
-    path = os.path.join(head, f".{name}{SIDECAR_SUFFIX}")
+    path = sidecar_file(data_path)
     if not os.access(path, os.F_OK):
         return None
     try:
