@@ -31,12 +31,13 @@ from grpclib.client import Channel
 from grpclib.encoding.proto import ProtoCodec
 
 from syncd.capture_file import CaptureWriter, capture_path
+from syncd.config import SyncConfig
 from syncd.gen.app.datasync.v1 import data_sync_grpc
 from syncd.gen.app.datasync.v1 import data_sync_pb2 as ds
 from syncd.mapping import timestamp_from_ns
 
 ROOT = Path(__file__).resolve().parent.parent
-CONCURRENCY = 4
+CONCURRENCY = SyncConfig().concurrency  # syncd's default, for syncd and the ceiling
 CHUNK = 64 * 1024
 PER_FILE = 1000
 

@@ -67,6 +67,9 @@ MAX_VARINT_BYTES = 10
 MAX_HEADER_BYTES = 1 << 20
 # SensorMetadata is two timestamps and a few annotations (the same cap as Viam's reader).
 MAX_SENSOR_METADATA_BYTES = 1 << 20
+# A reader reads the file in blocks of this size and holds one (a reading bigger than
+# that is read whole): per file being uploaded, beside the request in flight.
+BLOCK_BYTES = 256 * 1024
 
 _U64_MAX = (1 << 64) - 1
 _MAX_FIELD_NUMBER = (1 << 29) - 1
@@ -342,6 +345,14 @@ class ReadingRecord:
                 yield chunk
 
 
+def _take(batch: list[bytes]) -> list[bytes]:
+    """The items of ``batch``, which is left empty: a generator that yields this holds
+    nothing of what it yielded while it waits to be resumed."""
+    taken = batch[:]
+    batch.clear()
+    return taken
+
+
 def _frame_ends(data: bytes, i: int, most: int) -> list[int]:
     """Where each of the next ``most`` readings in ``data`` from ``i`` ends, as long as
     their length prefix has one or two bytes and they lie wholly in ``data``; anything
@@ -423,7 +434,7 @@ class CaptureReader:
         path: str | os.PathLike[str],
         *,
         large_reading_bytes: int = LARGE_READING_BYTES,
-        buffer_size: int = 1 << 18,
+        buffer_size: int = BLOCK_BYTES,
     ):
         self.path = os.fspath(path)
         self.large_reading_bytes = large_reading_bytes
@@ -532,9 +543,7 @@ class CaptureReader:
             yield raw
             pos = start + length
 
-    def iter_delimited_batches(
-        self, max_count: int, max_bytes: int
-    ) -> Iterator[list[bytes | memoryview]]:
+    def iter_delimited_batches(self, max_count: int, max_bytes: int) -> Iterator[list[bytes]]:
         """The readings as the file frames them (length prefix and message), in batches of
         at most ``max_count`` whose sizes plus one byte each stay within ``max_bytes`` (a
         reading bigger than that comes alone): a tabular upload request is its metadata
@@ -545,11 +554,10 @@ class CaptureReader:
         """
         self.dropped_bytes = 0
         self.tail_error = None
-        fd, size = self._file.fileno(), self.size
-        window = max(max_bytes, 1 << 20)
+        size = self.size
         data, base = b"", self.readings_offset  # a block of the file, starting at ``base``
         pos = base
-        batch: list[bytes | memoryview] = []
+        batch: list[bytes] = []
         room = max_bytes  # what the batch may still take: each reading costs 1 + its frame
         while pos < size:
             i = pos - base
@@ -567,32 +575,34 @@ class CaptureReader:
                 room -= fit + ends[fit - 1] - i
                 pos = base + ends[fit - 1]
             if batch and (len(batch) >= max_count or fit < len(ends) or room <= 0):
-                yield batch
-                batch, room = [], max_bytes
+                yield _take(batch)
+                room = max_bytes
                 continue
             if pos >= size:
                 break
             # The slow path, one reading: a long prefix, the block's edge, or damage
-            # (reported exactly). A new block starts at this reading.
+            # (reported exactly). The reader's block moves to it if it lies past the end.
             try:
                 length, start = self._frame(pos)
                 want = start + length - pos
-                data = os.pread(fd, min(max(window, want), size - pos), pos)
-                if len(data) < want:
+                data, lo = self._blocks.window(pos, want)
+                if len(data) - lo < want:
                     raise _Corrupt(f"truncated reading at byte {pos}: the file shrank while read")
             except _Corrupt as e:
                 self.dropped_bytes = size - pos
                 self.tail_error = str(e)
                 break
-            base = pos
+            base = pos - lo
             if want >= room and batch:
-                yield batch
-                batch, room = [], max_bytes
-            batch.append(memoryview(data)[:want])  # may be large: a view, not a copy
+                yield _take(batch)
+                room = max_bytes
+            # A reading that is the whole block goes as it is; a smaller one is copied, so
+            # that a batch holds no block alive once it is read past.
+            batch.append(data if want == len(data) else data[lo : lo + want])
             room -= 1 + want
             pos += want
         if batch:
-            yield batch
+            yield _take(batch)
 
     def _frame(self, pos: int) -> tuple[int, int]:
         """The length and start of the reading whose prefix is at ``pos``, checked against

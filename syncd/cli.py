@@ -7,6 +7,8 @@ Every subcommand exits 2 on a configuration problem (one line per problem on std
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import gc
 import logging
 import sys
@@ -77,18 +79,31 @@ def _cmd_run(args: argparse.Namespace) -> int:
     setup_logging(cfg.log.level, cfg.log.format)
     for warning in cfg.warnings:
         logging.getLogger("syncd").warning("%s", warning)
-    _tune_gc()
+    _tune_memory()
     return asyncio.run(run_daemon(cfg, once=args.once, timeout=args.timeout))
 
 
-def _tune_gc() -> None:
-    """For the long-running commands. What is loaded by now (modules, protobuf
-    descriptors, the config) lives as long as the process: frozen, later collections
-    skip it. An upload makes many short-lived objects and few cycles: collecting the
-    youngest generation every 10,000 allocations rather than 700 saves about 5% of a
-    small file's upload, for a few more milliseconds' worth of garbage."""
+def _tune_memory() -> None:
+    """For the long-running commands.
+
+    What is loaded by now (modules, protobuf descriptors, the config) lives as long as
+    the process: frozen, later collections skip it. An upload makes many short-lived
+    objects and few cycles: collecting the youngest generation every 10,000 allocations
+    rather than 700 saves about 5% of a small file's upload, for a few more
+    milliseconds' worth of garbage.
+
+    Buffers of 256 KiB and more (requests in flight, up to ``sync.max_request_bytes``
+    each) go back to the system when freed. glibc would otherwise raise that threshold
+    after the first such buffer is freed and keep later ones in per-thread heaps: 16
+    tabular uploads of 2 MiB requests peaked at 132 MB RSS instead of 94. Only on glibc.
+    """
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 256 * 1024)
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 
 
 # --- sink ---------------------------------------------------------------------------
@@ -124,7 +139,7 @@ def _cmd_sink(args: argparse.Namespace) -> int:
 
     cfg = load_sink_config(args.config, {key: getattr(args, key, None) for key in KEYS})
     setup_logging(cfg.log_level)
-    _tune_gc()
+    _tune_memory()
     return run_sink(cfg)
 
 

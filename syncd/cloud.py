@@ -183,6 +183,10 @@ class CloudClient:
         first = first if isinstance(first, bytes) else first.SerializeToString()
         pending: list[bytes] = [grpc_prefix(first), first]
         pending_bytes = len(first)
+        if pending_bytes >= COALESCE_BYTES:
+            # A large request (a tabular batch) is not copied into a join: its prefix goes
+            # in a frame of its own, and a join of one piece is that piece.
+            await send_framed(stream, pending.pop(0), end=False)
         if chunks is not None:
             async for chunk in chunks():
                 guard.stepped()

@@ -68,7 +68,7 @@ class CloudConfig:
 
 @dataclass(frozen=True)
 class SyncConfig:
-    concurrency: int = _opt(4, "int", ge=1, le=256)
+    concurrency: int = _opt(16, "int", ge=1, le=256)
     file_quiet_period_s: float = _opt(10.0, "float", ge=0)
     tags: tuple[str, ...] = _opt((), "strs")
     delete_after_upload: bool = _opt(True, "bool")

@@ -687,12 +687,8 @@ class Uploader:
         requests = _Requests(batches, md_bytes, path)
         inline = reader.size <= INLINE_BYTES
         total = 0
-        more = True
-        while more:
-            got = await _blocking_io(inline, requests.next)
-            if got is None:
-                break
-            request, count, more = got
+        while (got := await _blocking_io(inline, requests.next)) is not None:
+            request, count = got
             started = time.monotonic()
             await self._spend(len(request))
             await self._call(lambda request=request: self.transport.data_capture_upload(request))
@@ -736,27 +732,22 @@ class Uploader:
 
 
 class _Requests:
-    """A capture file's serialized DataCaptureUploadRequests, read one batch ahead so that
-    each says whether another follows: the last one needs no extra trip to a thread."""
+    """A capture file's serialized DataCaptureUploadRequests, one batch of readings at a
+    time: a request in flight is all that is held of the file (besides its reader's
+    block), so memory stays near ``concurrency`` x ``max_request_bytes``."""
 
-    def __init__(
-        self, batches: Iterator[list[bytes | memoryview]], metadata: bytes, path: str
-    ) -> None:
+    def __init__(self, batches: Iterator[list[bytes]], metadata: bytes, path: str) -> None:
         self._batches = batches
         self._metadata = metadata
         self._path = path
-        self._ahead: list[bytes | memoryview] | None = None
-        self._started = False
 
-    def next(self) -> tuple[bytes, int, bool] | None:
-        """(request, readings in it, whether more follow), or None when done."""
+    def next(self) -> tuple[bytes, int] | None:
+        """(request, readings in it), or None when done."""
         with local_io(self._path):
-            batch = self._ahead if self._started else next(self._batches, None)
-            self._started = True
-            if batch is None:
-                return None
-            self._ahead = next(self._batches, None)
-        return mapping.encode_request(self._metadata, batch), len(batch), self._ahead is not None
+            batch = next(self._batches, None)
+        if batch is None:
+            return None
+        return mapping.encode_request(self._metadata, batch), len(batch)
 
 
 async def _blocking_io(inline: bool, fn: Callable[..., T], *args) -> T:

@@ -525,6 +525,29 @@ def test_delimited_batches_respect_the_byte_limit(tmp_path, payload_size):
     ] == readings
 
 
+@pytest.mark.parametrize("payload_size", [300, 70_000, 400_000])
+def test_delimited_batches_hold_nothing_beyond_each_batch(tmp_path, payload_size):
+    # What a batch holds stays in memory while its request is in flight, once per upload
+    # slot: no piece may keep a larger block of the file alive, and the reader, waiting
+    # for the next call, holds one block at most (not the batch it gave).
+    path, readings = small_file(tmp_path, count=30, payload_size=payload_size)
+    with CaptureReader(path) as reader:
+        batches = reader.iter_delimited_batches(1000, 3 * (payload_size + 100))
+        got = 0
+        for batch in batches:
+            got += len(batch)
+            assert all(isinstance(p, bytes) or len(p.obj) == len(p) for p in batch)
+            held = {
+                id(x): x
+                for v in batches.gi_frame.f_locals.values()
+                for x in (v if isinstance(v, list) else [v])
+                if isinstance(x, bytes | memoryview)
+            }
+            largest = max(len(p) for p in batch)
+            assert sum(len(x) for x in held.values()) <= max(cf.BLOCK_BYTES, largest)
+    assert got == len(readings)
+
+
 def test_zero_filled_tail_is_dropped(tmp_path):
     path, readings = small_file(tmp_path)
     size = path.stat().st_size
