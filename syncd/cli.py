@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import gc
 import logging
 import sys
@@ -97,6 +96,8 @@ def _tune_memory() -> None:
     after the first such buffer is freed and keep later ones in per-thread heaps: 16
     tabular uploads of 2 MiB requests peaked at 132 MB RSS instead of 94. Only on glibc.
     """
+    import ctypes
+
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)
     with contextlib.suppress(OSError, AttributeError):

@@ -17,6 +17,7 @@ from capture_gen import (
     binary_reading,
     sample_tabular,
     tabular_header,
+    tabular_reading,
     write_capture,
 )
 from recording_server import RecordingServer, Upload
@@ -169,6 +170,33 @@ async def test_tabular_requests_stay_under_the_byte_limit(tmp_path):
         )
         assert request.ByteSize() <= 65536
     assert [r for u in server.uploads for r in u.readings] == readings
+
+
+async def test_tabular_uploads_in_flight_hold_about_their_requests(tmp_path, syncd_cmd):
+    # Memory grows with sync.concurrency by one request per tabular upload in flight,
+    # not by copies of it or blocks of its file read ahead: 16 uploads of 512 KiB
+    # requests of large readings once grew the daemon by 30 MB, now by 6. The bound
+    # allows each request in flight as much again (while it is built and sent).
+    limit = 512 * 1024
+
+    async def peak_rss_of_once(config: Path) -> int:
+        command = [*syncd_cmd, "run", "--once", "-c", str(config)]
+        pid = os.posix_spawn(command[0], command, os.environ)
+        _, status, usage = await asyncio.to_thread(os.wait4, pid, 0)  # its own peak RSS
+        assert os.waitstatus_to_exitcode(status) == 0
+        return usage.ru_maxrss * 1024
+
+    async with RecordingServer() as server:
+        config = write_config(tmp_path, server.port, concurrency=16, max_request_bytes=limit)
+        idle = await peak_rss_of_once(config)
+        big = "x" * 3000
+        for i in range(24):
+            readings = [tabular_reading({"v": big, "i": n}) for n in range(400)]
+            write_capture(tmp_path / "capture", tabular_header(f"s{i}"), readings)
+        loaded = await peak_rss_of_once(config)
+    assert sum(len(u.readings) for u in server.uploads) == 24 * 400
+    assert not list((tmp_path / "capture").rglob("*.capture"))
+    assert loaded - idle < 16 * limit * 2, f"{(loaded - idle) / 1e6:.0f} MB more than idle"
 
 
 async def test_small_chunks_written_together_stay_separate_messages(tmp_path):
