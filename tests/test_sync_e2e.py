@@ -176,7 +176,8 @@ async def test_tabular_uploads_in_flight_hold_about_their_requests(tmp_path, syn
     # Memory grows with sync.concurrency by one request per tabular upload in flight,
     # not by copies of it or blocks of its file read ahead: 16 uploads of 512 KiB
     # requests of large readings once grew the daemon by 30 MB, now by 6. The bound
-    # allows each request in flight as much again (while it is built and sent).
+    # allows each request in flight one and a half times as much again: the readings it
+    # is built from, and its reader's block.
     limit = 512 * 1024
 
     async def peak_rss_of_once(config: Path) -> int:
@@ -196,7 +197,7 @@ async def test_tabular_uploads_in_flight_hold_about_their_requests(tmp_path, syn
         loaded = await peak_rss_of_once(config)
     assert sum(len(u.readings) for u in server.uploads) == 24 * 400
     assert not list((tmp_path / "capture").rglob("*.capture"))
-    assert loaded - idle < 16 * limit * 2, f"{(loaded - idle) / 1e6:.0f} MB more than idle"
+    assert loaded - idle < 16 * limit * 2.5, f"{(loaded - idle) / 1e6:.0f} MB more than idle"
 
 
 async def test_small_chunks_written_together_stay_separate_messages(tmp_path):
